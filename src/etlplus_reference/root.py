@@ -85,6 +85,8 @@ _DEFAULT_CONFIG: dict[str, Any] = {
         # an admin user.
         "users": {},
     },
+    # Jobs running at once; the others wait as "pending" (server-side addition, defaulted).
+    "jobs": {"max_concurrent": 8},
     "config": {"reload_interval_s": 5.0},
     "feature_flags": {"reload_interval_s": 5.0},
     "monitoring": {
@@ -95,7 +97,9 @@ _DEFAULT_CONFIG: dict[str, Any] = {
         "health_timeout_s": 5.0,
         "interval_s": 60.0,
         "alert_email": "",
+        "smtp_host": "",  # "host[:port]": alert emails are sent only when this is set
         "slack_webhook": "",
+        "retention_days": 30.0,  # alerts_*.log and monitoring_report_*.txt older than this go
     },
 }
 
@@ -114,7 +118,7 @@ def default_flags() -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (sorted keys, indent 2) through a temp file and rename, so readers never see half."""
+    """Write JSON (sorted keys, indent 2) via a temp file and a rename: readers never see half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -192,7 +196,8 @@ def _script(subcommand: str, root: Path) -> str:
     exe = shlex.quote(sys.executable)
     return (
         "#!/bin/sh\n"
-        f"# ETL Plus {subcommand} script (reference target): see `etlplus-reference {subcommand} -h`.\n"
+        f"# ETL Plus {subcommand} script (reference target).\n"
+        f"# See `etlplus-reference {subcommand} -h`; the exit code is that command's.\n"
         f'exec {exe} -m etlplus_reference {subcommand} "$@" --root {shlex.quote(str(root))}\n'
     )
 

@@ -127,6 +127,7 @@ def serve(options: ServeOptions) -> int:
         import uvicorn
 
         from etlplus_reference.app import create_app
+        from etlplus_reference.httpproto import contract_protocol
 
         try:
             app = create_app(root.path, enable_faults=options.enable_faults)
@@ -138,6 +139,8 @@ def serve(options: ServeOptions) -> int:
             port=port,
             log_level="warning",
             access_log=False,
+            # httptools, with the contract's JSON answer to a request it cannot parse.
+            http=contract_protocol(app.state.server),
             # The app decides who is a trusted proxy (config rate_limits.trusted_proxies);
             # uvicorn rewriting the client address would pre-empt that.
             proxy_headers=False,

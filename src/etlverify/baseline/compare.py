@@ -1,0 +1,411 @@
+"""Where the 10% rule is decided: per-metric verdicts of a run against its baseline.
+
+For every metric and every statistic with a tolerance spec (see `spec.py`; default "within 10% of
+baseline" with absolute floors), `compare()` gives PASS, FAIL or INCONCLUSIVE with the numbers.
+
+Statistical design
+------------------
+*Point estimate.* The baseline value is the statistic of all baseline windows pooled (histograms
+merged, over every recorded run); the current value likewise over the run's windows. Pooled
+histograms give the most precise percentile; the change (%) and the tolerance are judged on these.
+
+*Significance test: Mann-Whitney U, two-sided, on per-window values.* Each trial window yields one
+value of the statistic (its p95, its throughput, ...), so each side is a small sample of window
+values and the test asks whether the current windows are systematically shifted against the
+baseline windows. It is exact for small samples without ties, assumes no distribution (percentiles
+of latency are skewed and heavy-tailed), and is insensitive to a single outlying window. A bootstrap
+CI of the ratio was rejected: with ~5 windows per side the bootstrap distribution has only a handful
+of distinct values and its intervals are too narrow (anti-conservative). The price of a rank test is
+granularity: with n and m windows the smallest two-sided p is 2 / C(n+m, n) (5 vs 5: 0.0079; 3 vs 3:
+0.1). A metric whose window counts cannot reach `alpha` is INCONCLUSIVE, never PASS. Pooling the
+windows of several recorded runs helps twice: 10 vs 5 windows reach p = 0.0013, and run-to-run
+variation (the larger part of real noise) enters the baseline spread, which windows of a single run
+understate. Windows of one run are not strictly independent (warm-up, drift); the test treats them
+as exchangeable, which is why the noise floor below is also required.
+
+*Rules, in order.*
+1. A metric in the baseline but missing from the run, or with no successful sample for a latency
+   statistic, is FAIL (fail closed).
+2. Too few windows to reach `alpha`, or windows too small for the percentile (fewer than
+   `min_tail` samples beyond it), is INCONCLUSIVE.
+3. FAIL needs both: a significant difference (p < alpha) and a worsening beyond the tolerance
+   (relative, raised to the absolute floor).
+4. Beyond tolerance but not significant is INCONCLUSIVE (re-run or record more windows).
+5. Noise floor: if the window-to-window standard deviation of either side is wider than the allowed
+   change, a change of the tolerated size could not have been seen, so no PASS: INCONCLUSIVE.
+6. Otherwise PASS (within tolerance, improved, or significant but within tolerance).
+
+Results are collected for all metrics first and judged once (`Comparison.verdict` is the worst).
+Rollback triggers (`triggers.py`) are reported separately; a fired trigger also makes the verdict
+FAIL, and error-level environment differences (another load) make it at least INCONCLUSIVE.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import stats as sps
+
+from etlverify.baseline.spec import ToleranceSpec, parse_specs, resolve_spec
+from etlverify.baseline.store import Baseline, Fingerprint, Mismatch, compare_fingerprints
+from etlverify.baseline.triggers import TriggerConfig, TriggerResult, evaluate_triggers
+from etlverify.measure.results import MetricResult, RunResult, is_latency_stat, stat_value
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+__all__ = ["Comparison", "MetricVerdict", "Verdict", "compare", "judge_metric", "min_p_value"]
+
+DEFAULT_ALPHA = 0.05
+#: A window must hold this many samples beyond a percentile for that percentile to mean something.
+DEFAULT_MIN_TAIL = 5
+TEST_NAME = "Mann-Whitney"
+
+
+class Verdict(StrEnum):
+    """Per-metric and overall outcome; FAIL is worst."""
+
+    PASS = "PASS"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    FAIL = "FAIL"
+
+    @property
+    def rank(self) -> int:
+        """Severity order for `worst()`."""
+        return ("PASS", "INCONCLUSIVE", "FAIL").index(self.value)
+
+
+def worst(verdicts: Iterable[Verdict]) -> Verdict:
+    """The most severe verdict (PASS for none)."""
+    return max(verdicts, key=lambda v: v.rank, default=Verdict.PASS)
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def min_p_value(n: int, m: int) -> float:
+    """Smallest two-sided exact Mann-Whitney p-value reachable with n and m observations."""
+    if n < 1 or m < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n + m, n))
+
+
+@dataclass(frozen=True)
+class MetricVerdict:
+    """The verdict on one statistic of one metric, with the numbers that led to it."""
+
+    metric: str
+    stat: str
+    verdict: Verdict
+    reason: str
+    baseline: float | None = None
+    current: float | None = None
+    change_pct: float | None = None
+    tolerance: str = ""
+    p_value: float | None = None
+    test: str | None = None
+    baseline_windows: int = 0
+    current_windows: int = 0
+
+    @property
+    def unit(self) -> str:
+        """Unit of `baseline`/`current`."""
+        if self.stat == "throughput":
+            return "rps"
+        if self.stat == "error_rate":
+            return "%"
+        return "ms"
+
+    def _fmt(self, value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        sep = "" if self.unit == "%" else " "
+        number = f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+        return f"{number}{sep}{self.unit}"
+
+    def line(self) -> str:
+        """One line for people: ``FAIL p95 GET /api/jobs: 12.4 ms vs baseline 8.1 ms (...)``."""
+        details = []
+        if self.change_pct is not None:
+            details.append(f"{self.change_pct:+.1f}%")
+        if self.tolerance:
+            details.append(f"tolerance {self.tolerance}")
+        if self.p_value is not None:
+            details.append(f"{self.test or TEST_NAME} p={_fmt_p(self.p_value)}")
+        head = f"{self.verdict.value} {self.stat} {self.metric}: "
+        if self.current is None and self.baseline is None:
+            return head + self.reason
+        body = f"{self._fmt(self.current)} vs baseline {self._fmt(self.baseline)}"
+        paren = f" ({', '.join(details)})" if details else ""
+        return f"{head}{body}{paren} - {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "metric": self.metric,
+            "stat": self.stat,
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "baseline": self.baseline,
+            "current": self.current,
+            "unit": self.unit,
+            "change_pct": self.change_pct,
+            "tolerance": self.tolerance,
+            "p_value": self.p_value,
+            "test": self.test,
+            "baseline_windows": self.baseline_windows,
+            "current_windows": self.current_windows,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """All verdicts of one comparison, the rollback triggers and the environment differences."""
+
+    results: tuple[MetricVerdict, ...]
+    triggers: tuple[TriggerResult, ...]
+    environment: tuple[Mismatch, ...] = ()
+    alpha: float = DEFAULT_ALPHA
+    baseline_name: str = ""
+
+    @property
+    def rollback(self) -> bool:
+        """True when any checklist rollback trigger fired."""
+        return any(t.fired for t in self.triggers)
+
+    @property
+    def verdict(self) -> Verdict:
+        """Worst of: metric verdicts, FAIL for a fired trigger, INCONCLUSIVE for another load."""
+        parts = [r.verdict for r in self.results]
+        if self.rollback:
+            parts.append(Verdict.FAIL)
+        if any(m.severity == "error" for m in self.environment):
+            parts.append(Verdict.INCONCLUSIVE)
+        return worst(parts)
+
+    def failures(self) -> tuple[MetricVerdict, ...]:
+        """The FAIL results."""
+        return tuple(r for r in self.results if r.verdict is Verdict.FAIL)
+
+    def format(self) -> str:
+        """Human report: a verdict line, one line per metric, then triggers and environment."""
+        counts = {v: sum(1 for r in self.results if r.verdict is v) for v in Verdict}
+        name = f" against baseline {self.baseline_name!r}" if self.baseline_name else ""
+        lines = [
+            f"{self.verdict.value}{name}: {counts[Verdict.PASS]} pass, "
+            f"{counts[Verdict.FAIL]} fail, {counts[Verdict.INCONCLUSIVE]} inconclusive"
+            + (", ROLLBACK TRIGGERED" if self.rollback else "")
+        ]
+        order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
+        lines += [r.line() for r in sorted(self.results, key=lambda r: order[r.verdict])]
+        lines += [t.line() for t in self.triggers]
+        lines += [f"environment {m}" for m in self.environment]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "verdict": self.verdict.value,
+            "rollback": self.rollback,
+            "alpha": self.alpha,
+            "baseline": self.baseline_name,
+            "results": [r.to_json() for r in self.results],
+            "triggers": [t.to_json() for t in self.triggers],
+            "environment": [
+                {
+                    "field": m.field,
+                    "baseline": m.baseline,
+                    "current": m.current,
+                    "severity": m.severity.value,
+                }
+                for m in self.environment
+            ],
+        }
+
+
+def _mann_whitney(current: Sequence[float], baseline: Sequence[float]) -> float:
+    if len(set(current) | set(baseline)) == 1:
+        return 1.0  # every window identical on both sides: no evidence of any difference
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sps.mannwhitneyu(current, baseline, alternative="two-sided", method="auto")
+    p = float(res.pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def _tail_needed(stat: str, min_tail: int) -> int | None:
+    if not stat.startswith("p"):
+        return None
+    q = float(stat[1:])
+    if q >= 100.0:
+        return None
+    # p50 looks at both halves; a high percentile needs `min_tail` samples above it.
+    return math.ceil(min_tail / (1.0 - q / 100.0))
+
+
+def _spread(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def judge_metric(
+    metric: str,
+    stat: str,
+    spec: ToleranceSpec,
+    baseline: MetricResult,
+    current: MetricResult | None,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_tail: int = DEFAULT_MIN_TAIL,
+) -> MetricVerdict:
+    """Apply the rules (see module docstring) to one statistic of one metric."""
+    tol = spec.describe()
+    nb = len(baseline.windows)
+    if current is None:
+        return MetricVerdict(
+            metric,
+            stat,
+            Verdict.FAIL,
+            "metric missing from the run (in baseline, fail closed)",
+            tolerance=tol,
+            baseline_windows=nb,
+        )
+    nc = len(current.windows)
+    base_all, cur_all = baseline.merged, current.merged
+    b, c = stat_value(base_all, stat), stat_value(cur_all, stat)
+    common: dict[str, Any] = {"tolerance": tol, "baseline_windows": nb, "current_windows": nc}
+    if b is None:
+        return MetricVerdict(
+            metric,
+            stat,
+            Verdict.INCONCLUSIVE,
+            f"baseline has no {stat} value (no samples)",
+            current=c,
+            **common,
+        )
+    if c is None or (is_latency_stat(stat) and current.count == 0):
+        why = f"no successful sample in the run ({current.errors} errors), fail closed"
+        return MetricVerdict(metric, stat, Verdict.FAIL, why, baseline=b, **common)
+    change_pct = round(100.0 * (c - b) / b, 3) if b != 0 else None
+    numbers: dict[str, Any] = {"baseline": b, "current": c, "change_pct": change_pct, **common}
+
+    def verdict(v: Verdict, reason: str, p: float | None = None) -> MetricVerdict:
+        test = f"{TEST_NAME}" if p is not None else None
+        return MetricVerdict(metric, stat, v, reason, p_value=p, test=test, **numbers)
+
+    base_vals, cur_vals = baseline.values(stat), current.values(stat)
+    floor_p = min_p_value(len(base_vals), len(cur_vals))
+    if floor_p >= alpha:
+        return verdict(
+            Verdict.INCONCLUSIVE,
+            f"{len(cur_vals)} vs {len(base_vals)} windows cannot reach p<{alpha:g} (smallest "
+            f"possible p={floor_p:.2g}); record more windows or runs",
+        )
+    need = _tail_needed(stat, min_tail)
+    if need is not None:
+        small_b = min(w.count for w in baseline.windows)
+        small_c = min(w.count for w in current.windows)
+        if min(small_b, small_c) < need:
+            side = "baseline" if small_b < small_c else "run"
+            return verdict(
+                Verdict.INCONCLUSIVE,
+                f"too few samples for {stat}: needs {need} per window ({min_tail} beyond the "
+                f"percentile), smallest {side} window has {min(small_b, small_c)}",
+            )
+    p = round(_mann_whitney(cur_vals, base_vals), 6)
+    significant = p < alpha
+    allowed = spec.allowed_change(b)
+    beyond = spec.fails(b, c)
+    if beyond and significant:
+        return verdict(Verdict.FAIL, "significant change beyond tolerance", p)
+    if beyond:
+        return verdict(
+            Verdict.INCONCLUSIVE,
+            f"beyond tolerance but not significant (p>={alpha:g}); re-run or record more windows",
+            p,
+        )
+    sd_b, sd_c = _spread(base_vals), _spread(cur_vals)
+    if max(sd_b, sd_c) > allowed:
+        side, sd = ("baseline", sd_b) if sd_b >= sd_c else ("run", sd_c)
+        ref = b if side == "baseline" else c
+        cv = f" (CV {100.0 * sd / ref:.0f}%)" if ref else ""
+        return verdict(
+            Verdict.INCONCLUSIVE,
+            f"{side} too noisy: window-to-window sd {sd:.3g}{cv} exceeds the allowed change "
+            f"{allowed:.3g}, so a change of that size could not be detected",
+            p,
+        )
+    if significant and spec.worsening(b, c) < 0:
+        reason = "improved"
+    elif significant:
+        reason = "significant change but within tolerance"
+    else:
+        reason = "within tolerance"
+    return verdict(Verdict.PASS, reason, p)
+
+
+def compare(
+    baseline: Baseline,
+    run: RunResult,
+    specs: str | Iterable[str | ToleranceSpec] | None = None,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_tail: int = DEFAULT_MIN_TAIL,
+    environment: Fingerprint | None = None,
+    triggers: TriggerConfig | None = None,
+) -> Comparison:
+    """Compare `run` with `baseline` under `specs` (default `DEFAULT_SPECS`); judge once.
+
+    Metrics only in the run are INCONCLUSIVE ("no baseline; record one"). `environment` is the
+    run's fingerprint; without it only the load parameters are compared.
+    """
+    parsed = parse_specs(specs)
+    stats = list(dict.fromkeys(s.stat for s in parsed))
+    results: list[MetricVerdict] = []
+    for metric in sorted(set(baseline.metrics) | set(run.metrics)):
+        base = baseline.metrics.get(metric)
+        for stat in stats:
+            spec = resolve_spec(parsed, metric, stat)
+            if spec is None:
+                continue
+            if base is None:
+                results.append(
+                    MetricVerdict(
+                        metric,
+                        stat,
+                        Verdict.INCONCLUSIVE,
+                        "not in the baseline; record a baseline that includes it",
+                        tolerance=spec.describe(),
+                        current_windows=len(run.metrics[metric].windows),
+                    )
+                )
+                continue
+            results.append(
+                judge_metric(
+                    metric,
+                    stat,
+                    spec,
+                    base,
+                    run.metrics.get(metric),
+                    alpha=alpha,
+                    min_tail=min_tail,
+                )
+            )
+    env = environment or Fingerprint(load=run.load.to_json())
+    base_env = baseline.environment
+    if environment is None:
+        # Only the load is known about the run: compare that and nothing else.
+        base_env = Fingerprint(load=baseline.environment.load)
+        env = Fingerprint(load=run.load.to_json())
+    return Comparison(
+        results=tuple(results),
+        triggers=evaluate_triggers(baseline.metrics, run, triggers),
+        environment=compare_fingerprints(base_env, env),
+        alpha=alpha,
+        baseline_name=baseline.name,
+    )

@@ -1,0 +1,282 @@
+"""The deployment checklist's critical rollback triggers, as rules over one run and its baseline.
+
+Checklist ("Rollback Triggers and Procedures"):
+
+- system crashes or unavailability > 5 minutes
+- error rate increases > 200% from baseline
+- response time degradation > 50%
+- memory usage > 95% sustained
+- database connection failures > 10/minute
+
+Each rule answers FIRED, CLEAR or UNKNOWN (the run could not observe it: no server samples, a run
+shorter than the rule's horizon while the condition held throughout). They are plain thresholds on
+point estimates, unlike the tolerance comparison, because the checklist states them that way; each
+has an absolute floor so that tiny absolute changes (0.2 -> 0.4 ms, 0 -> 1 error) cannot order a
+rollback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from etlverify.measure.results import MetricResult, RunResult, stat_value
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from etlverify.measure.sampler import ServerTrace
+
+__all__ = ["TriggerConfig", "TriggerResult", "TriggerState", "evaluate_triggers"]
+
+
+class TriggerState(StrEnum):
+    """Outcome of one rollback rule."""
+
+    CLEAR = "CLEAR"
+    FIRED = "FIRED"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Thresholds (checklist values) and the floors that keep them sane."""
+
+    response_time_pct: float = 50.0
+    response_time_stat: str = "p95"
+    response_time_floor_ms: float = 1.0
+    error_increase_pct: float = 200.0
+    error_floor_pp: float = 1.0
+    error_min_count: int = 5
+    memory_pct: float = 95.0
+    memory_sustain_s: float = 60.0
+    db_failures_per_min: float = 10.0
+    outage_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """One rule's outcome with the number it is about."""
+
+    name: str
+    state: TriggerState
+    reason: str
+    value: float | None = None
+    threshold: float | None = None
+
+    @property
+    def fired(self) -> bool:
+        """True when the rule orders a rollback."""
+        return self.state is TriggerState.FIRED
+
+    def line(self) -> str:
+        """One line for people."""
+        return f"{self.state.value} rollback trigger {self.name}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "reason": self.reason,
+            "value": self.value,
+            "threshold": self.threshold,
+        }
+
+
+def _response_time(
+    baseline: Mapping[str, MetricResult], run: RunResult, cfg: TriggerConfig
+) -> TriggerResult:
+    name, stat = "response_time_degradation", cfg.response_time_stat
+    worst: tuple[float, str, float, float] | None = None
+    for metric, base in baseline.items():
+        cur = run.metrics.get(metric)
+        if cur is None:
+            continue
+        b, c = stat_value(base.merged, stat), stat_value(cur.merged, stat)
+        if b is None or c is None or b <= 0:
+            continue
+        pct = 100.0 * (c - b) / b
+        if worst is None or pct > worst[0]:
+            worst = (pct, metric, b, c)
+    if worst is None:
+        return TriggerResult(name, TriggerState.UNKNOWN, f"no metric has a {stat} on both sides")
+    pct, metric, b, c = worst
+    detail = f"worst {stat} {metric}: {c:.3f} ms vs baseline {b:.3f} ms ({pct:+.1f}%)"
+    fired = pct > cfg.response_time_pct and c - b > cfg.response_time_floor_ms
+    limit = f"limit +{cfg.response_time_pct:g}% and +{cfg.response_time_floor_ms:g} ms"
+    return TriggerResult(
+        name,
+        TriggerState.FIRED if fired else TriggerState.CLEAR,
+        f"{detail}, {limit}",
+        round(pct, 3),
+        cfg.response_time_pct,
+    )
+
+
+def _rate(errors: int, attempts: int) -> float:
+    return 100.0 * errors / attempts if attempts else 0.0
+
+
+def _error_rate(
+    baseline: Mapping[str, MetricResult], run: RunResult, cfg: TriggerConfig
+) -> TriggerResult:
+    name = "error_rate_increase"
+    groups: list[tuple[str, int, int, int, int]] = []
+    total = [0, 0, 0, 0]
+    for metric, base in baseline.items():
+        cur = run.metrics.get(metric)
+        if cur is None:
+            continue
+        be, ba = base.errors, base.count + base.errors
+        ce, ca = cur.errors, cur.count + cur.errors
+        groups.append((metric, be, ba, ce, ca))
+        for i, v in enumerate((be, ba, ce, ca)):
+            total[i] += v
+    if not groups:
+        return TriggerResult(name, TriggerState.UNKNOWN, "no metric is in both baseline and run")
+    groups.insert(0, ("all routes", total[0], total[1], total[2], total[3]))
+    factor = 1.0 + cfg.error_increase_pct / 100.0
+    worst: tuple[float, str, float, float, int] | None = None
+    fired_on: tuple[str, float, float, int] | None = None
+    for metric, be, ba, ce, ca in groups:
+        b, c = _rate(be, ba), _rate(ce, ca)
+        # With a zero baseline any error is an "infinite" increase: the floor (in percentage
+        # points and in count) is what decides then.
+        if ce >= cfg.error_min_count and c - b > cfg.error_floor_pp and c > b * factor:
+            fired_on = fired_on or (metric, b, c, ce)
+        increase = (c - b) / b * 100.0 if b > 0 else (math.inf if c > 0 else 0.0)
+        if worst is None or increase > worst[0]:
+            worst = (increase, metric, b, c, ce)
+    limit = (
+        f"limit +{cfg.error_increase_pct:g}% and +{cfg.error_floor_pp:g} pp "
+        f"and >= {cfg.error_min_count} errors"
+    )
+    if fired_on:
+        metric, b, c, ce = fired_on
+        return TriggerResult(
+            name,
+            TriggerState.FIRED,
+            f"{metric}: {c:.2f}% errors ({ce}) vs baseline {b:.2f}%, {limit}",
+            round(c, 4),
+            cfg.error_increase_pct,
+        )
+    assert worst is not None
+    _, metric, b, c, ce = worst
+    return TriggerResult(
+        name,
+        TriggerState.CLEAR,
+        f"highest: {metric} {c:.2f}% errors ({ce}) vs baseline {b:.2f}%, {limit}",
+        round(c, 4),
+        cfg.error_increase_pct,
+    )
+
+
+def _memory(trace: ServerTrace | None, cfg: TriggerConfig) -> TriggerResult:
+    name = "memory_sustained"
+    if trace is None:
+        return TriggerResult(name, TriggerState.UNKNOWN, "no server samples")
+    times, values = trace.series("memory_percent")
+    if not values:
+        return TriggerResult(name, TriggerState.UNKNOWN, "no memory_percent in server samples")
+    span = times[-1] - times[0] + trace.interval_s
+    best, start, streak_n, best_n = 0.0, None, 0, 0
+    for t, v in zip(times, values, strict=True):
+        if v > cfg.memory_pct:
+            start = t if start is None else start
+            streak_n += 1
+            length = t - start + trace.interval_s
+            if length > best:
+                best, best_n = length, streak_n
+        else:
+            start, streak_n = None, 0
+    # A run shorter than the horizon can still show the condition holding throughout.
+    needed = min(cfg.memory_sustain_s, span)
+    fired = best_n >= 3 and best >= needed - 1e-9
+    peak = max(values)
+    return TriggerResult(
+        name,
+        TriggerState.FIRED if fired else TriggerState.CLEAR,
+        f"longest stretch above {cfg.memory_pct:g}%: {best:.0f} s over {best_n} samples "
+        f"(needs {needed:.0f} s), peak {peak:.1f}% over {span:.0f} s observed",
+        round(peak, 3),
+        cfg.memory_pct,
+    )
+
+
+def _db_failures(trace: ServerTrace | None, cfg: TriggerConfig) -> TriggerResult:
+    name = "database_connection_failures"
+    if trace is None:
+        return TriggerResult(name, TriggerState.UNKNOWN, "no server samples")
+    times, values = trace.series("connection_failures")
+    if len(values) < 2:
+        return TriggerResult(name, TriggerState.UNKNOWN, "fewer than 2 connection_failures samples")
+    # Per-interval increments; a drop means the counter restarted (server restart), so the new
+    # value itself is the increment.
+    incs = [
+        (t, v - p if v >= p else v)
+        for (t, v), p in zip(zip(times[1:], values[1:], strict=False), values, strict=False)
+    ]
+    span = times[-1] - times[0]
+    worst = 0.0
+    for i, (t_i, _) in enumerate(incs):
+        window = sum(inc for t, inc in incs[i:] if t - t_i < 60.0)
+        worst = max(worst, window)
+    total = sum(inc for _, inc in incs)
+    limit = cfg.db_failures_per_min
+    if span >= 60.0:
+        fired = worst > limit
+        detail = f"worst minute: {worst:g} failures ({total:g} in {span:.0f} s)"
+    else:
+        # Less than a minute observed: only a count above the limit proves the rate.
+        fired = total > limit
+        detail = f"{total:g} failures in {span:.0f} s observed (less than a minute)"
+    return TriggerResult(
+        name,
+        TriggerState.FIRED if fired else TriggerState.CLEAR,
+        f"{detail}, limit {limit:g}/minute",
+        float(worst if span >= 60.0 else total),
+        limit,
+    )
+
+
+def _unavailability(run: RunResult, cfg: TriggerConfig) -> TriggerResult:
+    name = "unavailability"
+    outage = run.longest_outage_s
+    source = "requests"
+    if run.server is not None:
+        start: float | None = None
+        for s in run.server.samples:
+            if not s.ok:
+                start = s.t_s if start is None else start
+                length = s.t_s - start + run.server.interval_s
+                if length > outage:
+                    outage, source = length, "health polls"
+            else:
+                start = None
+    detail = f"longest outage {outage:.1f} s ({source}) in a {run.duration_s:.0f} s run"
+    if outage > cfg.outage_s:
+        state = TriggerState.FIRED
+    elif outage >= 0.9 * run.duration_s and run.duration_s <= cfg.outage_s and outage > 0:
+        # Down for (nearly) the whole run, and the run is shorter than the limit: cannot tell.
+        state = TriggerState.UNKNOWN
+        detail += f"; down for the whole run, which is shorter than {cfg.outage_s:g} s"
+    else:
+        state = TriggerState.CLEAR
+    return TriggerResult(name, state, f"{detail}, limit {cfg.outage_s:g} s", outage, cfg.outage_s)
+
+
+def evaluate_triggers(
+    baseline: Mapping[str, MetricResult], run: RunResult, config: TriggerConfig | None = None
+) -> tuple[TriggerResult, ...]:
+    """Evaluate the five checklist rollback triggers for `run` against baseline metrics."""
+    cfg = config or TriggerConfig()
+    return (
+        _unavailability(run, cfg),
+        _error_rate(baseline, run, cfg),
+        _response_time(baseline, run, cfg),
+        _memory(run.server, cfg),
+        _db_failures(run.server, cfg),
+    )

@@ -1,0 +1,229 @@
+"""compare(): the 10% rule with significance, noise floor and fail-closed rules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from etlverify.baseline import (
+    Baseline,
+    Fingerprint,
+    Verdict,
+    compare,
+    load,
+    min_p_value,
+    record,
+)
+from etlverify.baseline.compare import judge_metric
+from etlverify.baseline.spec import parse_spec
+from etlverify.measure import LatencyRecorder, LoadParameters, MetricResult, RunResult
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+ROUTE = "GET /api/jobs"
+LOAD = LoadParameters(model="open", duration_s=50.0, windows=5, rate_rps=200.0)
+
+
+def lognormal_run(
+    seed: int,
+    *,
+    scale: float | Sequence[float] = 1.0,
+    median_ms: float = 8.0,
+    n: int = 2000,
+    windows: int = 5,
+    errors: int = 0,
+    route: str = ROUTE,
+) -> RunResult:
+    """A synthetic run: `windows` windows of `n` lognormal latencies, window i scaled by
+    scale[i]."""
+    rng = np.random.default_rng(seed)
+    scales = [scale] * windows if isinstance(scale, float | int) else list(scale)
+    rec = LatencyRecorder(windows=windows, window_s=10.0)
+    for w, s in enumerate(scales):
+        for v in rng.lognormal(np.log(median_ms * s), 0.4, n):
+            rec.record(route, v / 1000.0, window=w)
+        for _ in range(errors):
+            rec.record_error(route, "http_503", window=w)
+    return RunResult(
+        metrics=rec.results(), load=LOAD, started_at="2026-11-29T17:00:00Z", duration_s=50.0
+    )
+
+
+def constant_metric(values_ms: Sequence[float], n: int = 1000, route: str = ROUTE) -> MetricResult:
+    """Windows whose every sample is one value: each window's percentiles equal that value."""
+    rec = LatencyRecorder(windows=len(values_ms), window_s=10.0)
+    for w, v in enumerate(values_ms):
+        for _ in range(n):
+            rec.record(route, v / 1000.0, window=w)
+    return rec.result(route)
+
+
+def as_baseline(tmp_path: Path, *runs: RunResult) -> Baseline:
+    path = tmp_path / "base.json"
+    for run in runs:
+        record(path, run, environment=Fingerprint(load=run.load.to_json()))
+    return load(path)
+
+
+def by_stat(cmp_results: Sequence[object], stat: str) -> object:
+    return next(r for r in cmp_results if r.stat == stat)  # type: ignore[attr-defined]
+
+
+def test_identical_distributions_pass(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1))
+    cmp = compare(base, lognormal_run(2))
+    assert {r.stat for r in cmp.results} == {"p50", "p95", "p99", "throughput", "error_rate"}
+    assert [r.verdict for r in cmp.results] == [Verdict.PASS] * 5, cmp.format()
+    assert cmp.verdict is Verdict.PASS
+    assert not cmp.rollback
+
+
+def test_fifty_percent_shift_fails_with_p_value(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1))
+    cmp = compare(base, lognormal_run(2, scale=1.5), "p95:10%,+1ms")
+    (result,) = cmp.results
+    assert result.verdict is Verdict.FAIL
+    assert result.p_value == pytest.approx(min_p_value(5, 5), rel=1e-3)  # complete separation
+    assert result.change_pct == pytest.approx(50, abs=5)
+    assert result.test == "Mann-Whitney"
+    line = result.line()
+    assert line.startswith(f"FAIL p95 {ROUTE}: ")
+    assert "vs baseline" in line
+    assert "tolerance 10% +1 ms, Mann-Whitney p=0.008)" in line
+    assert cmp.verdict is Verdict.FAIL
+
+
+def test_tiny_absolute_change_under_the_floor_passes(tmp_path: Path) -> None:
+    # 0.4 ms -> 0.6 ms p50 is +50%, significant, but under the 1 ms floor.
+    base = as_baseline(tmp_path, lognormal_run(1, median_ms=0.4))
+    cmp = compare(base, lognormal_run(2, median_ms=0.4, scale=1.5), "p50:10%,+1ms")
+    (result,) = cmp.results
+    assert result.verdict is Verdict.PASS
+    assert result.p_value is not None
+    assert result.p_value < 0.05
+    assert result.reason == "significant change but within tolerance"
+
+
+def test_noisy_baseline_is_inconclusive_not_pass(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1, scale=[0.7, 1.3, 0.9, 1.25, 0.85]))
+    run = lognormal_run(2, scale=[1.2, 0.75, 1.3, 0.9, 0.85])
+    cmp = compare(base, run, "p95:10%,+1ms")
+    (result,) = cmp.results
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "too noisy" in result.reason
+    assert "exceeds the allowed change" in result.reason
+    assert cmp.verdict is Verdict.INCONCLUSIVE
+
+
+def test_missing_metric_fails_closed(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1))
+    cmp = compare(base, lognormal_run(2, route="GET /api/other"), "p95:10%")
+    verdicts = {(r.metric, r.verdict) for r in cmp.results}
+    assert (ROUTE, Verdict.FAIL) in verdicts
+    assert ("GET /api/other", Verdict.INCONCLUSIVE) in verdicts  # new route: no baseline yet
+    failed = cmp.failures()[0]
+    assert "missing from the run" in failed.reason
+    assert cmp.verdict is Verdict.FAIL
+
+
+def test_all_errors_is_fail_not_missing_data() -> None:
+    base = constant_metric([8, 8, 8, 8, 8])
+    rec = LatencyRecorder(windows=5)
+    for w in range(5):
+        rec.record_error(ROUTE, "connection", window=w)
+    result = judge_metric(ROUTE, "p95", parse_spec("p95:10%"), base, rec.result(ROUTE))
+    assert result.verdict is Verdict.FAIL
+    assert "no successful sample" in result.reason
+
+
+def test_too_few_windows_is_inconclusive() -> None:
+    base, cur = constant_metric([8, 8.1, 8.2]), constant_metric([20, 21, 22])
+    result = judge_metric(ROUTE, "p95", parse_spec("p95:10%"), base, cur)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "3 vs 3 windows cannot reach p<0.05" in result.reason
+    assert min_p_value(3, 3) == pytest.approx(0.1)
+    assert min_p_value(5, 5) == pytest.approx(2 / 252)
+
+
+def test_too_few_samples_for_a_high_percentile_is_inconclusive() -> None:
+    base, cur = constant_metric([8] * 5, n=100), constant_metric([8] * 5, n=100)
+    result = judge_metric(ROUTE, "p99", parse_spec("p99:10%"), base, cur)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "needs 500 per window" in result.reason
+    # p50 needs only 10 per window: fine with 100.
+    assert judge_metric(ROUTE, "p50", parse_spec("p50:10%"), base, cur).verdict is Verdict.PASS
+
+
+def test_beyond_tolerance_but_not_significant_is_inconclusive() -> None:
+    base = constant_metric([10.0, 10.1, 9.9, 10.05, 9.95])
+    cur = constant_metric([15.0, 9.8, 15.0, 10.2, 15.0])
+    result = judge_metric(ROUTE, "p95", parse_spec("p95:10%,+1ms"), base, cur)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "not significant" in result.reason
+    assert result.p_value is not None
+    assert result.p_value > 0.05
+
+
+def test_pooling_runs_lowers_the_reachable_p_value(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1), lognormal_run(3))
+    cmp = compare(base, lognormal_run(2, scale=1.5), "p95:10%,+1ms")
+    (result,) = cmp.results
+    assert result.baseline_windows == 10
+    assert result.p_value == pytest.approx(min_p_value(10, 5), rel=1e-3)
+    assert result.verdict is Verdict.FAIL
+
+
+def test_throughput_drop_fails_and_rise_passes(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1, n=1000))
+    dropped = compare(base, lognormal_run(2, n=600), "throughput:-10%")
+    assert dropped.results[0].verdict is Verdict.FAIL
+    assert dropped.results[0].change_pct == pytest.approx(-40)
+    risen = compare(base, lognormal_run(2, n=1500), "throughput:-10%")
+    assert risen.results[0].verdict is Verdict.PASS
+    assert risen.results[0].reason == "improved"
+
+
+def test_error_rate_increase_beyond_pp_fails(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1, n=1000))
+    cmp = compare(base, lognormal_run(2, n=1000, errors=50), "error_rate:+1pp")
+    assert cmp.results[0].verdict is Verdict.FAIL
+    assert cmp.results[0].current == pytest.approx(100 * 50 / 1050)
+
+
+def test_scoped_spec_overrides_general_one(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1))
+    cmp = compare(base, lognormal_run(2, scale=1.3), f"p95:10%,+1ms; p95@{ROUTE}:50%")
+    assert cmp.results[0].verdict is Verdict.PASS
+    assert cmp.results[0].tolerance == "50%"
+
+
+def test_another_load_makes_the_comparison_inconclusive(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1))
+    run = lognormal_run(2)
+    other = RunResult(
+        metrics=run.metrics,
+        load=LoadParameters(model="open", duration_s=50.0, windows=5, rate_rps=400.0),
+        started_at=run.started_at,
+        duration_s=run.duration_s,
+    )
+    cmp = compare(base, other, "p95:10%,+1ms")
+    assert cmp.results[0].verdict is Verdict.PASS
+    assert [m.field for m in cmp.environment] == ["load.rate_rps"]
+    assert cmp.verdict is Verdict.INCONCLUSIVE
+    assert "environment error: load.rate_rps differs" in cmp.format()
+
+
+def test_format_has_a_summary_then_one_line_per_result(tmp_path: Path) -> None:
+    base = as_baseline(tmp_path, lognormal_run(1))
+    cmp = compare(base, lognormal_run(2, scale=1.5))
+    lines = cmp.format().splitlines()
+    assert lines[0].startswith("FAIL against baseline 'base': ")
+    assert lines[1].startswith("FAIL ")  # failures first
+    metric_lines = [ln for ln in lines if ln.split(" ", 1)[0] in {"PASS", "FAIL", "INCONCLUSIVE"}]
+    assert len(metric_lines) == len(cmp.results) + 1
+    assert sum("rollback trigger" in ln for ln in lines) == 5
+    assert cmp.to_json()["verdict"] == "FAIL"

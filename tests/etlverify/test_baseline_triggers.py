@@ -1,0 +1,150 @@
+"""The checklist's rollback triggers as rules over a run and its baseline."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from etlverify.baseline import TriggerConfig, TriggerState, evaluate_triggers
+from etlverify.measure import (
+    LatencyRecorder,
+    LoadParameters,
+    MetricResult,
+    RunResult,
+    ServerSample,
+    ServerTrace,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+ROUTE = "GET /api/jobs"
+LOAD = LoadParameters(model="open", duration_s=60.0, windows=5, rate_rps=100.0)
+
+
+def metric(latency_ms: float, *, n: int = 200, errors: int = 0) -> MetricResult:
+    rec = LatencyRecorder(windows=5, window_s=12.0)
+    rec.touch(ROUTE)
+    for w in range(5):
+        for _ in range(n):
+            rec.record(ROUTE, latency_ms / 1000.0, window=w)
+        for _ in range(errors):
+            rec.record_error(ROUTE, "http_500", window=w)
+    return rec.result(ROUTE)
+
+
+def run(
+    m: MetricResult,
+    *,
+    server: ServerTrace | None = None,
+    outage_s: float = 0.0,
+    duration_s: float = 60.0,
+) -> RunResult:
+    return RunResult(
+        metrics={ROUTE: m},
+        load=LOAD,
+        started_at="2026-11-29T17:00:00Z",
+        duration_s=duration_s,
+        longest_outage_s=outage_s,
+        server=server,
+    )
+
+
+def trace(field: str, values: Sequence[float | None], interval_s: float = 1.0) -> ServerTrace:
+    # A None value stands for a failed poll.
+    samples = []
+    for i, v in enumerate(values):
+        update: dict[str, Any] = {field: v}
+        samples.append(replace(ServerSample(t_s=i * interval_s, ok=v is not None), **update))
+    return ServerTrace(samples=tuple(samples), interval_s=interval_s)
+
+
+def states(baseline: MetricResult, current: RunResult) -> dict[str, TriggerState]:
+    return {t.name: t.state for t in evaluate_triggers({ROUTE: baseline}, current)}
+
+
+def test_quiet_run_clears_what_it_can_observe() -> None:
+    got = states(metric(8), run(metric(8), server=trace("memory_percent", [40] * 10)))
+    assert got == {
+        "unavailability": TriggerState.CLEAR,
+        "error_rate_increase": TriggerState.CLEAR,
+        "response_time_degradation": TriggerState.CLEAR,
+        "memory_sustained": TriggerState.CLEAR,
+        "database_connection_failures": TriggerState.UNKNOWN,  # no counter in the samples
+    }
+
+
+def test_response_time_degradation_over_50_percent() -> None:
+    assert states(metric(8), run(metric(16)))["response_time_degradation"] is TriggerState.FIRED
+    assert states(metric(8), run(metric(11)))["response_time_degradation"] is TriggerState.CLEAR
+    # +100% but only 0.2 ms: under the absolute floor.
+    tiny = states(metric(0.2), run(metric(0.4)))
+    assert tiny["response_time_degradation"] is TriggerState.CLEAR
+
+
+def test_error_rate_increase_over_200_percent_with_floor() -> None:
+    # Baseline 0 errors: 5% errors (50) fires; 2 errors in 1000 (0.2%) is under the 1 pp floor.
+    assert states(metric(8), run(metric(8, errors=10)))["error_rate_increase"] is TriggerState.FIRED
+    low = RunResult(**{**run(metric(8)).__dict__, "metrics": {ROUTE: _with_errors(2)}})
+    assert states(metric(8), low)["error_rate_increase"] is TriggerState.CLEAR
+    # Baseline ~2%: 150% more is not a trigger, 250% more is.
+    base = metric(8, errors=4)
+    assert states(base, run(metric(8, errors=10)))["error_rate_increase"] is TriggerState.CLEAR
+    assert states(base, run(metric(8, errors=14)))["error_rate_increase"] is TriggerState.FIRED
+
+
+def _with_errors(total: int) -> MetricResult:
+    rec = LatencyRecorder(windows=5, window_s=12.0)
+    for w in range(5):
+        for _ in range(200):
+            rec.record(ROUTE, 0.008, window=w)
+    for i in range(total):
+        rec.record_error(ROUTE, "timeout", window=i % 5)
+    return rec.result(ROUTE)
+
+
+def test_memory_over_95_percent_sustained() -> None:
+    high = trace("memory_percent", [96.0] * 70)
+    assert states(metric(8), run(metric(8), server=high))["memory_sustained"] is TriggerState.FIRED
+    spike = trace("memory_percent", [50.0] * 30 + [97.0] * 5 + [50.0] * 35)
+    got = states(metric(8), run(metric(8), server=spike))
+    assert got["memory_sustained"] is TriggerState.CLEAR
+    # A 20 s run above 95% throughout: sustained for everything the run could see.
+    short = trace("memory_percent", [97.0] * 20)
+    got = states(metric(8), run(metric(8), server=short, duration_s=20))
+    assert got["memory_sustained"] is TriggerState.FIRED
+    assert states(metric(8), run(metric(8)))["memory_sustained"] is TriggerState.UNKNOWN
+
+
+def test_database_connection_failures_per_minute() -> None:
+    burst = trace("connection_failures", [0, 2, 5, 9, 14, 20], interval_s=5.0)
+    got = states(metric(8), run(metric(8), server=burst))
+    assert got["database_connection_failures"] is TriggerState.FIRED
+    slow = trace("connection_failures", list(range(13)), interval_s=10.0)  # 6/minute
+    got = states(metric(8), run(metric(8), server=slow))
+    assert got["database_connection_failures"] is TriggerState.CLEAR
+    # A counter reset (restart) counts the new value as failures, not a negative number.
+    reset = trace("connection_failures", [50, 52, 3, 4], interval_s=5.0)
+    result = {
+        t.name: t for t in evaluate_triggers({ROUTE: metric(8)}, run(metric(8), server=reset))
+    }["database_connection_failures"]
+    assert result.value == 6
+
+
+def test_unavailability_over_five_minutes() -> None:
+    got = states(metric(8), run(metric(8), outage_s=400, duration_s=600))
+    assert got["unavailability"] is TriggerState.FIRED
+    got = states(metric(8), run(metric(8), outage_s=60, duration_s=60))
+    assert got["unavailability"] is TriggerState.UNKNOWN  # down all along, run too short to tell
+    polls = trace("memory_percent", [40.0] + [None] * 320 + [40.0])
+    got = states(metric(8), run(metric(8), server=polls, duration_s=330))
+    assert got["unavailability"] is TriggerState.FIRED  # from failed health polls
+
+
+def test_thresholds_are_configurable_and_lines_readable() -> None:
+    cfg = TriggerConfig(response_time_pct=20.0)
+    results = evaluate_triggers({ROUTE: metric(8)}, run(metric(11)), cfg)
+    rt = next(t for t in results if t.name == "response_time_degradation")
+    assert rt.fired
+    assert rt.line().startswith("FIRED rollback trigger response_time_degradation: worst p95")
+    assert rt.to_json()["state"] == "FIRED"

@@ -1,7 +1,7 @@
 """Start and stop the embedded reference ETL Plus as a separate process.
 
-The suite never imports `etlplus_reference`: it runs `python -m etlplus_reference init/serve` and then
-talks to it over the network and the deployment folder, exactly as it would to a deployed server.
+The suite never imports `etlplus_reference`: it runs `python -m etlplus_reference init/serve` and
+then talks to it over the network and the deployment folder, as it would to a deployed server.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 __all__ = ["EmbeddedTarget", "EmbeddedTargetError", "deep_merge", "free_port"]
 
@@ -151,7 +153,10 @@ class EmbeddedTarget:
             cmd.append("--enable-faults")
         with self.server_log.open("ab") as out:
             self.process = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.wait_healthy(self.startup_timeout)
@@ -210,7 +215,7 @@ class EmbeddedTarget:
         return str(self.root).encode() in cmdline and b"serve" in cmdline
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every server process of this root (SIGTERM, then SIGKILL), and remove a temp root."""
+        """Stop every server process of this root (SIGTERM, then SIGKILL); remove a temp root."""
         for pid in self.server_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,24 @@
+"""The etlverify pytest plugin: the only part of etlverify that imports pytest.
+
+One feature per module, each a plugin of its own (pytest's style), registered here:
+
+- `options`   command line options, ini keys, the resolved `Settings` (bad value -> UsageError)
+- `markers`   marker registration, `checklist(...)` parsing and validation at collection
+- `target`    the target's lifecycle: probe a given URL or start the embedded reference once per
+              run, run timeout, xdist hand-over and grouping of destructive tests
+- `fixtures`  the fixtures of docs/suite-api.md
+- `reporting` report header, failures without tracebacks, checklist summary, default reports
+
+Load it with ``pytest_plugins = ["etlverify.pytest_plugin"]`` (the repository's root conftest) or
+``-p etlverify.pytest_plugin``.
+"""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "etlverify.pytest_plugin.options",
+    "etlverify.pytest_plugin.markers",
+    "etlverify.pytest_plugin.target",
+    "etlverify.pytest_plugin.fixtures",
+    "etlverify.pytest_plugin.reporting",
+]

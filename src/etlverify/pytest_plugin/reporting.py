@@ -1,0 +1,398 @@
+"""What a run tells people: header, failures, checklist summary, report files.
+
+- Header: the settings with their sources (secrets redacted); after collection, the target (URL,
+  version, build commit, loaded config/flags sha256).
+- `CheckFailed`/`TargetError` are shown as their message, without a traceback.
+- Summary: checklist items passed/failed/skipped/manual/not run, failed items with their tests.
+- Files: without --html/--junitxml, reports/report.html (self-contained) and reports/junit.xml under
+  the rootdir; always reports/checklist_results.json (beside the HTML report) when checklist tests
+  ran. The HTML report gets a checklist column and a checklist table (pytest-html hooks, registered
+  only when pytest-html is active).
+- `--etl-checklist` prints the checklist map after collection and runs nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from etlverify.checklist import ItemResult, ItemStatus, TestOutcome, format_map
+from etlverify.errors import CheckFailed, TargetError
+from etlverify.pytest_plugin._state import OUTCOMES_KEY, RESULTS_KEY
+from etlverify.pytest_plugin.markers import checklist_ids, get_checklist
+from etlverify.pytest_plugin.options import get_settings
+from etlverify.pytest_plugin.target import get_run
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from etlverify.target import Target
+
+__all__ = ["HtmlChecklist", "OutcomeRecorder", "PlainFailure", "results_path"]
+
+_STATUS_ORDER = (
+    ItemStatus.PASSED,
+    ItemStatus.FAILED,
+    ItemStatus.SKIPPED,
+    ItemStatus.MANUAL,
+    ItemStatus.NOT_APPLICABLE,
+    ItemStatus.NOT_RUN,
+)
+
+
+# -- failures without tracebacks ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Crash:
+    path: str
+    lineno: int
+    message: str
+
+
+class PlainFailure:
+    """A report's longrepr that is just our message (terminal, junit and HTML print it as is)."""
+
+    def __init__(self, text: str, path: str, lineno: int) -> None:
+        self.text = text
+        first = text.splitlines()[0] if text else ""
+        self.reprcrash = _Crash(path, lineno, first)
+
+    def toterminal(self, tw: Any) -> None:
+        """Write the message (pytest's terminal writer)."""
+        for line in self.text.splitlines():
+            tw.line(line, red=line.startswith(("expected:", "got:")))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Replace the traceback of a CheckFailed/TargetError by its message."""
+    report = yield
+    excinfo = call.excinfo
+    if (
+        excinfo is not None
+        and report.failed
+        and isinstance(excinfo.value, (CheckFailed, TargetError))
+    ):
+        path, lineno, _ = item.location
+        report.longrepr = PlainFailure(str(excinfo.value), path, (lineno or 0) + 1)  # type: ignore[assignment]
+    return report
+
+
+# -- default report files -------------------------------------------------------------------------
+
+
+def results_path(config: pytest.Config) -> Path:
+    """Where checklist_results.json goes: beside the HTML report, else <rootdir>/reports."""
+    htmlpath = getattr(config.option, "htmlpath", None)
+    base = Path(htmlpath).parent if htmlpath else config.rootpath / "reports"
+    if not base.is_absolute():
+        base = Path(config.invocation_params.dir) / base
+    return base / "checklist_results.json"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Default --html/--junitxml to reports/ (before pytest-html and junitxml read them)."""
+    config.stash[OUTCOMES_KEY] = {}
+    if hasattr(config, "workerinput"):
+        return
+    if config.getini("etlplus_default_reports") and not _offline(config):
+        reports = config.rootpath / "reports"
+        if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
+            config.option.htmlpath = str(reports / "report.html")
+            config.option.self_contained_html = True
+        if hasattr(config.option, "xmlpath") and not config.option.xmlpath:
+            config.option.xmlpath = str(reports / "junit.xml")
+    config.pluginmanager.register(OutcomeRecorder(config), "etlverify-outcomes")
+    if config.pluginmanager.hasplugin("html"):
+        config.pluginmanager.register(HtmlChecklist(config), "etlverify-html")
+
+
+def _offline(config: pytest.Config) -> bool:
+    return bool(config.getoption("etl_checklist") or config.option.collectonly)
+
+
+# -- header ---------------------------------------------------------------------------------------
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The settings with their sources (secrets redacted): what reproduces this run."""
+    settings = get_settings(config)
+    lines = ["etlverify settings (value [source]):"]
+    lines += [f"  {name} = {value}  [{source}]" for name, value, source in settings.describe()]
+    if settings.embedded:
+        lines.append("etlverify target: embedded reference (started when a test needs it)")
+    numprocesses = getattr(config.option, "numprocesses", None)
+    if numprocesses and getattr(config.option, "dist", "no") != "loadgroup":
+        lines.append("etlverify: with -n, add --dist loadgroup so destructive tests run serially")
+    return lines
+
+
+def _target_lines(target: Target) -> list[str]:
+    kind = "embedded reference" if target.embedded else "deployed"
+    return [
+        f"etlverify target: {target.base_url} ({kind}) version {target.version}, "
+        f"build {target.commit}",
+        f"  config sha256 {target.loaded_sha256('config')}, "
+        f"flags sha256 {target.loaded_sha256('feature_flags')}"
+        + (f", root {target.deploy_root}" if target.deploy_root else ""),
+    ]
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """After collection (the target is up by now if a test needs it): the target's identity."""
+    run = get_run(config)
+    return _target_lines(run.target) if run.target is not None else []
+
+
+# -- --etl-checklist ------------------------------------------------------------------------------
+
+
+def _tests_by_item(items: list[pytest.Item]) -> dict[str, list[str]]:
+    by_item: dict[str, list[str]] = {}
+    for item in items:
+        for item_id in checklist_ids(item):
+            by_item.setdefault(item_id, []).append(item.nodeid)
+    return by_item
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With --etl-checklist: print the map of checklist items to the collected tests."""
+    config = session.config
+    if not config.getoption("etl_checklist"):
+        return
+    checklist = get_checklist(config)
+    by_item = _tests_by_item(session.items)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None:
+        return
+    tr.write_line("")
+    for line in format_map(checklist, by_item):
+        tr.write_line(line)
+    untested = checklist.untested(by_item)
+    counts = Counter(i.automation for i in checklist.items)
+    tr.write_line("")
+    tr.write_line(
+        f"checklist: {len(checklist)} items ({counts['automated']} automated, "
+        f"{counts['manual']} manual, {counts['n/a']} n/a); "
+        f"{len(untested)} automated items have no collected test"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """With --etl-checklist nothing runs."""
+    return True if session.config.getoption("etl_checklist") else None
+
+
+# -- outcomes, results, summary -------------------------------------------------------------------
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return ""
+
+
+class OutcomeRecorder:
+    """Folds each test's setup/call/teardown reports into one `TestOutcome` (controller or single
+    process: xdist workers' reports arrive here too)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.outcomes = config.stash[OUTCOMES_KEY]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Record the outcome of one phase."""
+        ids = tuple(
+            i
+            for key, value in report.user_properties
+            if key == "checklist"
+            for i in str(value).split()
+        )
+        prev = self.outcomes.get(report.nodeid)
+        outcome: str | None = None
+        reason = ""
+        xfail = hasattr(report, "wasxfail")
+        if report.when == "setup":
+            if report.failed:
+                outcome = "error"
+            elif report.skipped:
+                outcome, reason = (
+                    ("xfailed", str(report.wasxfail))
+                    if xfail
+                    else ("skipped", _skip_reason(report))
+                )
+        elif report.when == "call":
+            if report.passed:
+                outcome = "xpassed" if xfail else "passed"
+            elif report.failed:
+                outcome = "failed"
+            else:
+                outcome, reason = (
+                    ("xfailed", str(report.wasxfail))
+                    if xfail
+                    else ("skipped", _skip_reason(report))
+                )
+        elif report.failed and (prev is None or prev.outcome in ("passed", "xpassed")):
+            outcome = "error"
+        if outcome is not None:
+            self.outcomes[report.nodeid] = TestOutcome(report.nodeid, outcome, reason, ids)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start the clock for the results file."""
+    session.config.stash[_START_KEY] = time.time()
+
+
+_START_KEY = pytest.StashKey[float]()
+
+
+def _results(config: pytest.Config) -> list[ItemResult]:
+    if RESULTS_KEY not in config.stash:
+        outcomes = config.stash.get(OUTCOMES_KEY, {}).values()
+        config.stash[RESULTS_KEY] = get_checklist(config).results(outcomes)
+    return config.stash[RESULTS_KEY]
+
+
+def _has_checklist_tests(config: pytest.Config) -> bool:
+    return any(o.item_ids for o in config.stash.get(OUTCOMES_KEY, {}).values())
+
+
+def _target_of(config: pytest.Config) -> Target | None:
+    run = get_run(config)
+    if run.target is not None:
+        return run.target
+    return run.shared.started() if run.shared is not None else None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Judge the checklist once, at the end, and write checklist_results.json."""
+    config = session.config
+    if hasattr(config, "workerinput") or not _has_checklist_tests(config):
+        return
+    results = _results(config)
+    settings = get_settings(config)
+    target = _target_of(config)
+    counts = Counter(r.status.value for r in results)
+    data = {
+        "schema_version": 1,
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.time() - config.stash.get(_START_KEY, time.time()), 1),
+        "exit_status": int(exitstatus),
+        "target": target.to_json() if target else None,
+        "settings": [{"name": n, "value": v, "source": s} for n, v, s in settings.describe()],
+        "counts": {s.value: counts.get(s.value, 0) for s in _STATUS_ORDER},
+        "items": [r.to_json() for r in results],
+    }
+    path = results_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Checklist items by status, with the failed ones and the tests behind them."""
+    if not _has_checklist_tests(config):
+        return
+    tr = terminalreporter
+    results = _results(config)
+    counts = Counter(r.status for r in results)
+    tr.section("etlverify checklist")
+    target = _target_of(config)
+    if target is not None:
+        for line in _target_lines(target):
+            tr.write_line(line)
+    tr.write_line(
+        "checklist items: "
+        + ", ".join(f"{counts.get(s, 0)} {s.value.replace('-', ' ')}" for s in _STATUS_ORDER)
+        + f" (of {len(results)})"
+    )
+    for result in results:
+        if result.status is ItemStatus.FAILED:
+            tr.write_line(f"FAILED  {result.item.id}: {result.item.text}", red=True)
+            for test in result.tests:
+                tr.write_line(f"    {test.outcome:<8} {test.nodeid}")
+    for result in results:
+        if result.status is ItemStatus.SKIPPED:
+            tr.write_line(f"SKIPPED {result.item.id}: {result.reason}", yellow=True)
+    files = []
+    htmlpath = getattr(config.option, "htmlpath", None)
+    xmlpath = getattr(config.option, "xmlpath", None)
+    files += [str(p) for p in (htmlpath, xmlpath) if p]
+    files.append(str(results_path(config)))
+    tr.write_line("reports: " + ", ".join(files))
+
+
+# -- pytest-html ----------------------------------------------------------------------------------
+
+
+class HtmlChecklist:
+    """pytest-html additions: a checklist column and the checklist table in the summary."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        """Add the Checklist column header."""
+        cells.insert(2, '<th class="col-checklist">Checklist</th>')
+
+    def pytest_html_results_table_row(
+        self, report: pytest.TestReport | pytest.CollectReport, cells: list[str]
+    ) -> None:
+        """Add the test's checklist ids."""
+        # collection errors arrive here too, as CollectReports without user_properties
+        props = getattr(report, "user_properties", ())
+        ids = " ".join(str(v) for k, v in props if k == "checklist")
+        cells.insert(2, f'<td class="col-checklist">{html.escape(ids)}</td>')
+
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+    ) -> None:
+        """Add the target and the checklist table under the summary."""
+        config = session.config
+        target = _target_of(config)
+        if target is not None:
+            prefix.append(
+                "<p>" + "<br>".join(html.escape(line) for line in _target_lines(target)) + "</p>"
+            )
+        if not _has_checklist_tests(config):
+            return
+        rows = []
+        for result in _results(config):
+            tests = "<br>".join(html.escape(f"{t.outcome}: {t.nodeid}") for t in result.tests)
+            rows.append(
+                f"<tr><td>{html.escape(result.item.id)}</td><td>{html.escape(result.item.text)}"
+                f"</td><td>{result.status.value}</td><td>{html.escape(result.reason)}</td>"
+                f"<td>{tests}</td></tr>"
+            )
+        postfix.append(
+            "<h2>Checklist</h2><table id='etlverify-checklist'><thead><tr><th>Item</th>"
+            "<th>Text</th><th>Status</th><th>Reason</th><th>Tests</th></tr></thead><tbody>"
+            + "".join(rows)
+            + "</tbody></table>"
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop the helper plugin objects (they hold the config)."""
+    for name in ("etlverify-html", "etlverify-outcomes"):
+        plugin = config.pluginmanager.get_plugin(name)
+        if plugin is not None:
+            config.pluginmanager.unregister(plugin)

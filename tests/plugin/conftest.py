@@ -1,0 +1,22 @@
+"""Helpers for the plugin's pytester tests."""
+
+from __future__ import annotations
+
+import pytest
+
+#: every inner run loads the plugin explicitly (no root conftest there) and leaves locust out
+BASE_ARGS = (
+    "-p",
+    "etlverify.pytest_plugin",
+    "-p",
+    "no:locust",
+    "-p",
+    "no:cacheprovider",
+    "--strict-markers",
+)
+
+
+@pytest.fixture
+def run_args() -> tuple[str, ...]:
+    """The arguments every inner pytest run starts with."""
+    return BASE_ARGS

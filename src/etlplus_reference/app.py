@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -99,11 +100,43 @@ async def read_json(request: Request) -> Any:
     if not raw.strip():
         raise ApiError.field("INVALID_INPUT", "body", "Request body is empty (expected JSON)")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise ApiError.field("INVALID_INPUT", "body", "Request body is not UTF-8") from None
     except (ValueError, RecursionError):
         raise ApiError.field("INVALID_INPUT", "body", "Request body is not valid JSON") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        _reject_lone_surrogates(data)
+    return data
+
+
+#: A JSON escape of a UTF-16 surrogate; only bodies with one can decode to an unencodable string.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _reject_lone_surrogates(data: Any) -> None:
+    """400 naming the field when a string holds a lone surrogate (`"\\ud800"`): valid JSON, but
+    not text that SQLite, the log or a UTF-8 response could carry (it was a 500)."""
+    if _encodable(data):
+        return
+    field = "body"
+    if isinstance(data, dict):
+        field = next(
+            (str(k) for k, v in data.items() if not (_encodable(k) and _encodable(v))), "body"
+        )
+        if not _encodable(field):
+            field = "body"
+    raise ApiError.field(
+        "INVALID_INPUT", field, "String contains a lone UTF-16 surrogate (not valid Unicode text)"
+    )
 
 
 class _FileWatch:

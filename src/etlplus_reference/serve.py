@@ -147,6 +147,9 @@ def serve(options: ServeOptions) -> int:
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            # One job's update goes to every subscriber: compressing it once per connection was
+            # half of the fan-out's CPU (benchmarks/README.md), for messages of a few hundred bytes.
+            ws_per_message_deflate=False,
             ws_ping_interval=config.ws_ping_interval_s,
             ws_ping_timeout=config.ws_ping_interval_s * config.ws_ping_misses,
         )

@@ -1,0 +1,85 @@
+"""Fixtures of the post-deployment validation suites (functional testing, success criteria)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from .support import AppLog, UptimeSampler
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+#: When this section was first loaded: "the run so far" for the log and uptime criteria.
+RUN_STARTED = datetime.now(UTC) - timedelta(seconds=1)
+
+
+@pytest.fixture(scope="session")
+def run_started() -> datetime:
+    """The (UTC) time the run started, a second early so that clock rounding loses no line."""
+    return RUN_STARTED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def uptime_sampler(request: pytest.FixtureRequest, etl_target: Any) -> Iterator[UptimeSampler]:
+    """Probes `/api/health` every 0.5 s for the rest of the session (stopped at its end)."""
+    sampler = UptimeSampler(etl_target.base_url)
+    sampler.probe()
+    sampler.start()
+    request.config.pluginmanager.register(sampler, UptimeSampler.NAME)
+    try:
+        yield sampler
+    finally:
+        request.config.pluginmanager.unregister(sampler, UptimeSampler.NAME)
+        sampler.stop()
+
+
+@pytest.fixture
+def app_log(etl_deploy_root: Path) -> AppLog:
+    """The deployment's server log (`logging.log_file`); skips without a deploy root."""
+    log_file = "logs/etlplus.log"
+    try:
+        cfg = json.loads((etl_deploy_root / "config" / "config.json").read_text(encoding="utf-8"))
+        log_file = str(cfg.get("logging", {}).get("log_file") or log_file)
+    except (OSError, ValueError):
+        pass
+    path = etl_deploy_root / log_file
+    log = AppLog(path if path.is_absolute() else etl_deploy_root / log_file)
+    if not log.files():
+        pytest.skip(f"server log {log.path} does not exist (logging.log_file of the deployment)")
+    return log
+
+
+@pytest.fixture(scope="session")
+def auth_enabled(etl_target: Any, etl_settings: Any) -> bool:
+    """Whether the target asks for a token: `GET /api/auth/profile` and `GET /api/jobs` without one
+    both answer 401 (a target may refuse the profile of nobody even with authentication off)."""
+    timeout = float(getattr(etl_settings, "request_timeout", 10.0))
+    with httpx.Client(base_url=etl_target.base_url, timeout=timeout) as client:
+        return all(client.get(p).status_code == 401 for p in ("/api/auth/profile", "/api/jobs"))
+
+
+@pytest.fixture
+def raw_http(etl_target: Any, etl_settings: Any) -> Iterator[httpx.Client]:
+    """A plain client without the suite's credentials (for auth checks), closed at teardown."""
+    timeout = float(getattr(etl_settings, "request_timeout", 10.0))
+    with httpx.Client(base_url=etl_target.base_url, timeout=timeout) as client:
+        yield client
+
+
+@pytest.fixture
+def exclusive_target() -> None:
+    """Skips under pytest-xdist: the test changes the target for every concurrent test (a restart,
+    authentication switched on, fault switches), which an xdist group cannot isolate."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if workers not in ("", "0", "1"):
+        pytest.skip(
+            f"changes the whole target (restart, auth or faults) while {workers} xdist workers "
+            "run other tests: run these without -n"
+        )

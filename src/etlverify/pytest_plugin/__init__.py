@@ -9,8 +9,6 @@ One feature per module, each a plugin of its own (pytest's style), registered he
               run, run timeout, xdist hand-over and grouping of destructive tests
 - `fixtures`  the fixtures of docs/suite-api.md
 - `reporting` report header, failures without tracebacks, checklist summary, default reports
-- `signoff`   evidence -> reports/summary.json and reports/signoff.html, the promotion verdict and
-              the gate's exit code (0 promote, 1 failed, 2 usage, 3 unreachable, 4 inconclusive)
 
 Load it with ``pytest_plugins = ["etlverify.pytest_plugin"]`` (the repository's root conftest) or
 ``-p etlverify.pytest_plugin``.
@@ -25,5 +23,4 @@ pytest_plugins = [
     "etlverify.pytest_plugin.target",
     "etlverify.pytest_plugin.fixtures",
     "etlverify.pytest_plugin.reporting",
-    "etlverify.pytest_plugin.signoff",
 ]

@@ -295,9 +295,13 @@ class Server:
         )
         self.hub.max_connections = new.ws_max_connections
         self.hub.max_queue = new.ws_max_queue
+        # Authentication applies live too: on/off (read per request), users, and the lifetime of
+        # tokens issued from now on (tokens already out keep the expiry they were given).
+        self.tokens.users = new.users
+        self.tokens.ttl_s = new.token_ttl_s
         restart = [
             key
-            for key in ("server", "database", "auth", "jobs")
+            for key in ("server", "database", "jobs")
             if old.raw.get(key) != new.raw.get(key)
         ]
         self.journal.always(

@@ -148,3 +148,39 @@ def test_thresholds_are_configurable_and_lines_readable() -> None:
     assert rt.fired
     assert rt.line().startswith("FIRED rollback trigger response_time_degradation: worst p95")
     assert rt.to_json()["state"] == "FIRED"
+
+
+def metric_windows(latencies_ms: Sequence[float], *, n: int = 200) -> MetricResult:
+    rec = LatencyRecorder(windows=len(latencies_ms), window_s=12.0)
+    for w, latency in enumerate(latencies_ms):
+        for _ in range(n):
+            rec.record(ROUTE, latency / 1000.0, window=w)
+    return rec.result(ROUTE)
+
+
+def _response_trigger(base: MetricResult, cur: MetricResult) -> Any:
+    results = evaluate_triggers({ROUTE: base}, run(cur), TriggerConfig())
+    return next(r for r in results if r.name == "response_time_degradation")
+
+
+def test_response_time_trigger_ignores_thin_percentiles() -> None:
+    """A p95 resting on a handful of samples cannot order a rollback."""
+    result = _response_trigger(metric(10.0, n=10), metric(40.0, n=10))
+    assert result.state is TriggerState.UNKNOWN
+    assert "too thin" in result.reason
+
+
+def test_response_time_trigger_needs_more_than_one_noisy_window() -> None:
+    """+300% on the pooled p95 from one bad window is not a significant degradation."""
+    result = _response_trigger(metric(10.0), metric_windows([10.0, 10.0, 10.0, 10.0, 40.0]))
+    assert result.state is TriggerState.CLEAR
+    assert "Mann-Whitney" in result.reason
+
+
+def test_response_time_trigger_fires_on_a_sustained_degradation() -> None:
+    """Every window 2x slower than every baseline window: FIRED, with its p-value."""
+    result = _response_trigger(
+        metric_windows([10.0, 10.5, 9.5, 10.2, 9.8]), metric_windows([20.0, 21.0, 19.0, 20.5, 19.5])
+    )
+    assert result.state is TriggerState.FIRED
+    assert "p=" in result.reason

@@ -12,15 +12,21 @@ Each rule answers FIRED, CLEAR or UNKNOWN (the run could not observe it: no serv
 shorter than the rule's horizon while the condition held throughout). They are plain thresholds on
 point estimates, unlike the tolerance comparison, because the checklist states them that way; each
 has an absolute floor so that tiny absolute changes (0.2 -> 0.4 ms, 0 -> 1 error) cannot order a
-rollback.
+rollback. The response-time rule also ignores metrics with too few samples beyond the percentile
+(a p95 from 150 samples rests on 8 of them, and fired at +126% on pure noise in a Locust A/A run)
+and needs the per-window values to differ significantly (two-sided Mann-Whitney U), so that one
+noisy window cannot order a rollback either.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+from scipy import stats as sps
 
 from etlverify.measure.results import MetricResult, RunResult, stat_value
 
@@ -47,6 +53,9 @@ class TriggerConfig:
     response_time_pct: float = 50.0
     response_time_stat: str = "p95"
     response_time_floor_ms: float = 1.0
+    #: samples needed beyond the percentile, on each side, for a metric to count
+    response_time_min_tail: int = 20
+    response_time_alpha: float = 0.05
     error_increase_pct: float = 200.0
     error_floor_pp: float = 1.0
     error_min_count: int = 5
@@ -86,27 +95,63 @@ class TriggerResult:
         }
 
 
+def _enough_tail(result: MetricResult, stat: str, min_tail: int) -> bool:
+    if not stat.startswith("p"):
+        return result.count > 0
+    q = float(stat[1:])
+    if q >= 100.0:
+        return result.count > 0
+    return result.count >= math.ceil(min_tail / (1.0 - q / 100.0))
+
+
+def _windows_differ(cur: MetricResult, base: MetricResult, stat: str) -> float:
+    """Two-sided Mann-Whitney p-value of the per-window values (1.0 when it cannot tell)."""
+    a, b = cur.values(stat), base.values(stat)
+    if len(a) < 2 or len(b) < 2 or len(set(a) | set(b)) == 1:
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = float(sps.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
 def _response_time(
     baseline: Mapping[str, MetricResult], run: RunResult, cfg: TriggerConfig
 ) -> TriggerResult:
     name, stat = "response_time_degradation", cfg.response_time_stat
-    worst: tuple[float, str, float, float] | None = None
+    worst: tuple[float, str, float, float, float] | None = None
+    thin: list[str] = []
     for metric, base in baseline.items():
         cur = run.metrics.get(metric)
         if cur is None:
+            continue
+        if not (
+            _enough_tail(base, stat, cfg.response_time_min_tail)
+            and _enough_tail(cur, stat, cfg.response_time_min_tail)
+        ):
+            thin.append(metric)
             continue
         b, c = stat_value(base.merged, stat), stat_value(cur.merged, stat)
         if b is None or c is None or b <= 0:
             continue
         pct = 100.0 * (c - b) / b
+        beyond = pct > cfg.response_time_pct and c - b > cfg.response_time_floor_ms
+        p = _windows_differ(cur, base, stat) if beyond else 1.0
         if worst is None or pct > worst[0]:
-            worst = (pct, metric, b, c)
+            worst = (pct, metric, b, c, p)
     if worst is None:
-        return TriggerResult(name, TriggerState.UNKNOWN, f"no metric has a {stat} on both sides")
-    pct, metric, b, c = worst
+        why = f"no metric has a {stat} on both sides"
+        if thin:
+            why += f" with enough samples ({len(thin)} too thin: {', '.join(sorted(thin)[:3])})"
+        return TriggerResult(name, TriggerState.UNKNOWN, why)
+    pct, metric, b, c, p = worst
     detail = f"worst {stat} {metric}: {c:.3f} ms vs baseline {b:.3f} ms ({pct:+.1f}%)"
-    fired = pct > cfg.response_time_pct and c - b > cfg.response_time_floor_ms
+    beyond = pct > cfg.response_time_pct and c - b > cfg.response_time_floor_ms
+    # Beyond the limit on point estimates only (one noisy window) is noise, not degradation.
+    fired = beyond and p < cfg.response_time_alpha
     limit = f"limit +{cfg.response_time_pct:g}% and +{cfg.response_time_floor_ms:g} ms"
+    if beyond:
+        limit += f", Mann-Whitney p={p:.2g} (needs < {cfg.response_time_alpha:g})"
     return TriggerResult(
         name,
         TriggerState.FIRED if fired else TriggerState.CLEAR,

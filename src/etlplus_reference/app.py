@@ -300,9 +300,7 @@ class Server:
         self.tokens.users = new.users
         self.tokens.ttl_s = new.token_ttl_s
         restart = [
-            key
-            for key in ("server", "database", "jobs")
-            if old.raw.get(key) != new.raw.get(key)
+            key for key in ("server", "database", "jobs") if old.raw.get(key) != new.raw.get(key)
         ]
         self.journal.always(
             "INFO",

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["pytester"]
 
-USAGE_ERROR = 4  # pytest.ExitCode.USAGE_ERROR: what pytest.UsageError exits with
+USAGE_ERROR = 2  # the gate's usage error: the plugin maps pytest.UsageError (pytest: 4) to 2
 
 
 def test_bad_option_is_one_line_usage_error(

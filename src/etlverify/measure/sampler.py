@@ -227,9 +227,10 @@ class ServerSampler:
         """One poll, with a hard timeout; failures become `ok=False` samples."""
         t = time.monotonic() - self._t0
         try:
-            resp = await asyncio.wait_for(
-                self.client.get(self.path, timeout=self.timeout_s), self.timeout_s + 0.5
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the inner call completes, and stop() then waited forever.
+            async with asyncio.timeout(self.timeout_s + 0.5):
+                resp = await self.client.get(self.path, timeout=self.timeout_s)
             if resp.status_code != 200:
                 return ServerSample(t, ok=False, error=f"HTTP {resp.status_code}")
             return parse_metrics(t, resp.json())
@@ -254,10 +255,13 @@ class ServerSampler:
     async def stop(self) -> ServerTrace:
         """Stop polling and return the trace."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            # Bounded: a poll in flight ends within its own timeout; never wait longer than that.
+            await asyncio.wait({task}, timeout=self.timeout_s + 1.0)
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(Exception):
+                    task.result()
         return self.trace()
 
     def trace(self) -> ServerTrace:

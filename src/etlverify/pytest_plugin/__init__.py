@@ -8,7 +8,10 @@ One feature per module, each a plugin of its own (pytest's style), registered he
 - `target`    the target's lifecycle: probe a given URL or start the embedded reference once per
               run, run timeout, xdist hand-over and grouping of destructive tests
 - `fixtures`  the fixtures of docs/suite-api.md
+- `performance` the performance section: load plan, baseline options, collect -> judge once
 - `reporting` report header, failures without tracebacks, checklist summary, default reports
+- `signoff`   evidence -> reports/summary.json and reports/signoff.html, the promotion verdict and
+              the gate's exit code (0 promote, 1 failed, 2 usage, 3 unreachable, 4 inconclusive)
 
 Load it with ``pytest_plugins = ["etlverify.pytest_plugin"]`` (the repository's root conftest) or
 ``-p etlverify.pytest_plugin``.
@@ -22,5 +25,7 @@ pytest_plugins = [
     "etlverify.pytest_plugin.xdist_groups",
     "etlverify.pytest_plugin.target",
     "etlverify.pytest_plugin.fixtures",
+    "etlverify.pytest_plugin.performance",
     "etlverify.pytest_plugin.reporting",
+    "etlverify.pytest_plugin.signoff",
 ]

@@ -171,4 +171,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                         reason="destructive: changes deployment state; run with --allow-destructive"
                     )
                 )
-

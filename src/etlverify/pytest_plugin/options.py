@@ -7,7 +7,8 @@ option, variable or ini key it came from (exit code 2, no traceback).
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,7 +16,14 @@ from etlverify.errors import SettingsError
 from etlverify.pytest_plugin._state import SETTINGS_KEY
 from etlverify.settings import SETTINGS, Settings, resolve_settings
 
-__all__ = ["get_settings"]
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+__all__ = ["EXIT_USAGE", "get_settings"]
+
+#: the gate's exit code for a usage or configuration error (docs/exit-codes.md); pytest's is 4,
+#: which the gate reserves for INCOMPLETE
+EXIT_USAGE = 2
 
 GROUP = "etlverify"
 
@@ -83,6 +91,23 @@ def _resolve(config: pytest.Config) -> Settings:
     cli = {spec.name: config.getoption(f"etlplus_{spec.name}") for spec in SETTINGS}
     ini = {spec.ini: _ini(config, spec.ini) for spec in SETTINGS if spec.ini}
     return resolve_settings(cli, os.environ, ini)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.ExitCode, int]:
+    """A `pytest.UsageError` (a bad setting, a bad baseline, a bad role...) exits 2, not 4.
+
+    pytest prints a UsageError as ``ERROR: <message>`` and exits 4; the gate's exit codes give 4 to
+    INCOMPLETE, so this prints the same line and returns 2. (pytest_configure is a historic hook and
+    cannot be wrapped; the UsageError leaves the session through here.)
+    """
+    try:
+        return int((yield))
+    except pytest.UsageError as exc:
+        for message in exc.args:
+            sys.stderr.write(f"ERROR: {message}\n")
+        sys.stderr.flush()
+        return EXIT_USAGE
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,0 +1,572 @@
+"""Sign-off: the run's evidence -> reports/summary.json, reports/signoff.html, verdict, exit code.
+
+Only in a *verification run* (a selected test names a checklist item; ``pytest tests`` never is):
+
+- every test report's evidence is kept (failure text with expected/got, response excerpt and curl
+  line; skip reasons; captured stdout; ``user_properties`` such as measured figures and
+  performance verdicts), redacted (`etlverify.report.evidence.scrub`);
+- at session end the checklist is judged into a `Summary` (`etlverify.report.verdict`), the
+  performance comparison of the run is taken from the performance plugin (`PERF_KEY`, or a
+  hand-over through `record_performance`), and summary.json and signoff.html are written beside
+  the other reports;
+- the exit code becomes the gate's: 0 PROMOTE, 1 DO NOT PROMOTE, 3 target unreachable (kept),
+  4 INCOMPLETE when inconclusive blocks (else 0), 2 when the run could not start (kept).
+
+Options: ``--operator NAME`` (ETLPLUS_OPERATOR, default $USER) and ``--signoff ROLE=NAME``
+(repeatable; ETLPLUS_SIGNOFF, ``;``-separated).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from etlverify.pytest_plugin._state import OUTCOMES_KEY
+from etlverify.pytest_plugin.markers import checklist_ids, get_checklist
+from etlverify.pytest_plugin.options import get_settings
+from etlverify.pytest_plugin.reporting import results_path
+from etlverify.pytest_plugin.target import get_run
+from etlverify.report.evidence import performance_lines, scrub, section_evidence, truncate
+from etlverify.report.summary import (
+    Finding,
+    PromotionVerdict,
+    Summary,
+    TestRecord,
+    write_summary,
+)
+from etlverify.report.verdict import (
+    EXIT_CHECKS_FAILED,
+    EXIT_PROMOTE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    build_items,
+    decide,
+    exit_code_for,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from etlverify.baseline import Baseline, Comparison
+    from etlverify.measure import RunResult
+    from etlverify.target import Target
+
+__all__ = ["SIGNOFF_KEY", "PerfHandOver", "SignoffState", "get_signoff", "record_performance"]
+
+SUMMARY_NAME = "summary.json"
+SIGNOFF_NAME = "signoff.html"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class PerfHandOver:
+    """What a performance plugin hands over when it does not expose its own collector."""
+
+    comparison: Comparison | None
+    run: RunResult | None
+    baseline: Baseline | None = None
+    baseline_path: Path | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Evidence:
+    duration_s: float = 0.0
+    failure: str = ""
+    blocks: list[str] = field(default_factory=list)
+    perf_verdicts: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SignoffState:
+    """Per-run facts of the sign-off (controller or single process)."""
+
+    operator: str
+    operator_source: str
+    signoff: tuple[tuple[str, str], ...]
+    started_at: str
+    secrets: tuple[str, ...]
+    #: nodeid -> checklist ids of every selected test (not known on an xdist controller)
+    selected: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    evidence: dict[str, _Evidence] = field(default_factory=dict)
+    verification: bool = False
+    summary: Summary | None = None
+    summary_path: Path | None = None
+    signoff_path: Path | None = None
+    perf: PerfHandOver | None = None
+    note: str = ""
+
+
+SIGNOFF_KEY = pytest.StashKey[SignoffState]()
+
+
+def get_signoff(config: pytest.Config) -> SignoffState | None:
+    """The run's sign-off state (None on xdist workers)."""
+    return config.stash.get(SIGNOFF_KEY, None)
+
+
+def record_performance(
+    config: pytest.Config,
+    comparison: Comparison | None,
+    run: RunResult | None,
+    *,
+    baseline: Baseline | None = None,
+    baseline_path: Path | None = None,
+    reason: str = "",
+) -> None:
+    """Hand the run's performance comparison to the sign-off report (call before session end).
+
+    Not needed when the performance plugin's collector (`PERF_KEY`) is active: it is read directly.
+    """
+    state = get_signoff(config)
+    if state is not None:
+        state.perf = PerfHandOver(comparison, run, baseline, baseline_path, reason)
+
+
+# -- options ---------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--operator`` and ``--signoff ROLE=NAME``."""
+    group = parser.getgroup("etlverify-signoff", "etlverify sign-off report")
+    group.addoption(
+        "--operator",
+        dest="etl_operator",
+        metavar="NAME",
+        default=None,
+        help="who ran the verification, for the sign-off report (default $USER) "
+        "[env ETLPLUS_OPERATOR]",
+    )
+    group.addoption(
+        "--signoff",
+        dest="etl_signoff",
+        action="append",
+        metavar="ROLE=NAME",
+        default=None,
+        help="a name for a sign-off role (Deployment Lead, Operations Lead, Development Lead, "
+        "Quality Assurance); repeatable; unnamed roles get blank lines "
+        "[env ETLPLUS_SIGNOFF, ';'-separated]",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Resolve the sign-off options (bad role: one-line usage error) and start recording."""
+    if hasattr(config, "workerinput"):
+        return
+    from etlverify.report.fingerprint import operator_name
+    from etlverify.report.signoff import parse_signoff
+
+    cli: list[str] = config.getoption("etl_signoff") or []
+    env = os.environ.get("ETLPLUS_SIGNOFF", "")
+    try:
+        names = parse_signoff(
+            [e for e in env.split(";") if e.strip()], "env ETLPLUS_SIGNOFF"
+        ) + parse_signoff(cli)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    merged = dict(names)  # CLI entries come last and win
+    settings = get_settings(config)
+    operator, source = operator_name(config.getoption("etl_operator"), os.environ)
+    config.stash[SIGNOFF_KEY] = SignoffState(
+        operator=operator,
+        operator_source=source,
+        signoff=tuple(merged.items()),
+        started_at=_now(),
+        secrets=tuple(s for s in (settings.password, settings.token) if s),
+    )
+    config.pluginmanager.register(_Recorder(config), "etlverify-signoff-recorder")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop the recorder (it holds the config)."""
+    plugin = config.pluginmanager.get_plugin("etlverify-signoff-recorder")
+    if plugin is not None:
+        config.pluginmanager.unregister(plugin)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _offline(config: pytest.Config) -> bool:
+    """Runs that judge nothing: --collect-only, --setup-plan, --etl-checklist."""
+    option = config.option
+    return bool(
+        option.collectonly
+        or getattr(option, "setupplan", False)
+        or getattr(option, "setuponly", False)
+        or config.getoption("etl_checklist", False)
+    )
+
+
+def _reports_dir(config: pytest.Config) -> Path:
+    return results_path(config).parent
+
+
+# -- recording ---------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Keeps the evidence of every test report (controller or single process)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.state = config.stash[SIGNOFF_KEY]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """After selection: which tests (and so which items) this run selected."""
+        if _offline(self.config):
+            return
+        self.state.selected = {item.nodeid: checklist_ids(item) for item in items}
+        if any(self.state.selected.values()):
+            self.state.verification = True
+            # A stale verdict from an earlier run must never be read as this run's.
+            folder = _reports_dir(self.config)
+            for name in (SUMMARY_NAME, SIGNOFF_NAME):
+                (folder / name).unlink(missing_ok=True)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Keep duration, failure text, captured output and user properties (redacted)."""
+        ev = self.state.evidence.setdefault(report.nodeid, _Evidence())
+        ev.duration_s += float(getattr(report, "duration", 0.0) or 0.0)
+        secrets = self.state.secrets
+        if report.failed:
+            text = scrub(report.longreprtext, secrets)
+            if report.when != "call":
+                text = f"[{report.when}] {text}"
+            ev.failure = truncate((ev.failure + "\n" + text).strip())
+        if report.when == "teardown" or (report.when == "setup" and not report.passed):
+            # the last report of a test carries every section captured so far
+            ev.blocks = [truncate(scrub(b, secrets)) for b in section_evidence(report.sections)]
+            for key, value in report.user_properties:
+                if key == "checklist":
+                    continue
+                if key == "performance":
+                    lines, verdicts = performance_lines(value)
+                    ev.perf_verdicts += verdicts
+                    if lines:
+                        ev.blocks.append(truncate(scrub("measured:\n" + "\n".join(lines), secrets)))
+                    continue
+                ev.blocks.append(truncate(scrub(f"{key} = {value}", secrets)))
+
+
+# -- judging -----------------------------------------------------------------------------------
+
+
+def _test_record(nodeid: str, outcome: str, reason: str, ev: _Evidence | None) -> TestRecord:
+    """One test's record; `outcome` becomes ``inconclusive`` where the performance verdict is."""
+    ev = ev or _Evidence()
+    verdicts = {str(v.get("verdict")) for v in ev.perf_verdicts}
+    if outcome == "skipped" and reason.startswith("INCONCLUSIVE"):
+        outcome = "inconclusive"
+    elif outcome == "failed" and "INCONCLUSIVE" in verdicts and "FAIL" not in verdicts:
+        outcome = "inconclusive"  # failed only because --inconclusive-blocks says so
+    if outcome in ("failed", "error", "inconclusive") and ev.failure:
+        reason = ev.failure
+    return TestRecord(nodeid, outcome, reason, round(ev.duration_s, 3), tuple(ev.blocks))
+
+
+def _target(config: pytest.Config) -> Target | None:
+    run = get_run(config)
+    if run.target is not None:
+        return run.target
+    return run.shared.started() if run.shared is not None else None
+
+
+def _flags(target: Target | None, token: str | None, timeout: float) -> tuple[dict[str, Any], str]:
+    """GET /api/flags at the end of the run (the flag states the verdict is about)."""
+    if target is None:
+        return {}, "no target was reached"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.get(target.base_url + "/api/flags", headers=headers, timeout=min(timeout, 5.0))
+        body = resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        return {}, f"GET /api/flags failed at the end of the run: {type(exc).__name__}"
+    if not isinstance(body, dict):
+        return {}, f"GET /api/flags answered HTTP {resp.status_code} at the end of the run"
+    return body, "GET /api/flags at the end of the run"
+
+
+def _perf_source(config: pytest.Config, state: SignoffState) -> PerfHandOver | None:
+    if state.perf is not None:
+        return state.perf
+    try:
+        from etlverify.pytest_plugin.performance import PERF_KEY
+    except ImportError:  # pragma: no cover - the module ships with the plugin
+        return None
+    collector = config.stash.get(PERF_KEY, None)
+    if collector is None:
+        return None
+    path = getattr(collector.settings, "baseline", None)
+    if not collector.groups:
+        return PerfHandOver(
+            None,
+            None,
+            collector.baseline,
+            path,
+            "no performance test ran in this run (they are marked `performance`)",
+        )
+    comparison = collector.comparison or collector.judge()
+    run = collector.run_result()
+    reason = "" if comparison is not None else collector.no_baseline_reason()
+    return PerfHandOver(comparison, run, collector.baseline, path, reason)
+
+
+def _inconclusive_blocks(config: pytest.Config) -> bool:
+    try:
+        from etlverify.pytest_plugin.performance import PERF_KEY
+
+        collector = config.stash.get(PERF_KEY, None)
+    except ImportError:  # pragma: no cover
+        collector = None
+    if collector is not None:
+        return bool(collector.settings.inconclusive_blocks)
+    if config.getoption("inconclusive_blocks", None):
+        return True
+    raw = os.environ.get("ETLPLUS_INCONCLUSIVE_BLOCKS", "").strip().lower()
+    return raw in _TRUE
+
+
+def _performance(
+    config: pytest.Config, state: SignoffState
+) -> tuple[dict[str, Any], Any, Any, list[Finding]]:
+    from etlverify.report.perfdata import metric_records, performance_section, trigger_records
+
+    try:
+        perf = _perf_source(config, state)
+    except Exception as exc:  # the report must be written whatever broke
+        perf = PerfHandOver(None, None, reason=f"performance data could not be read: {exc}")
+    if perf is None:
+        return (
+            {"available": False, "reason": "the performance plugin is not active in this run"},
+            (),
+            (),
+            [],
+        )
+    section = performance_section(
+        comparison=perf.comparison,
+        run=perf.run,
+        baseline=perf.baseline,
+        baseline_path=perf.baseline_path,
+        unavailable=perf.reason,
+    )
+    env_findings = [
+        Finding(
+            "environment",
+            m.field,
+            f"differs from the baseline ({m.baseline} -> {m.current}): numbers not comparable",
+        )
+        for m in (perf.comparison.environment if perf.comparison is not None else ())
+        if m.severity.value == "error"
+    ]
+    return (
+        section,
+        metric_records(perf.comparison, "pytest"),
+        trigger_records(perf.comparison, "pytest"),
+        env_findings,
+    )
+
+
+def _build(session: pytest.Session, exitstatus: int, state: SignoffState) -> Summary:
+    config = session.config
+    settings = get_settings(config)
+    run = get_run(config)
+    outcomes = config.stash.get(OUTCOMES_KEY, {})
+    by_item: dict[str, list[TestRecord]] = {}
+    unmapped: list[TestRecord] = []
+    for nodeid, outcome in outcomes.items():
+        ids = outcome.item_ids or state.selected.get(nodeid, ())
+        record = _test_record(nodeid, outcome.outcome, outcome.reason, state.evidence.get(nodeid))
+        if not ids:
+            unmapped.append(record)
+        for item_id in ids:
+            by_item.setdefault(item_id, []).append(record)
+    for nodeid, ids in state.selected.items():
+        if nodeid not in outcomes:
+            for item_id in ids:
+                by_item.setdefault(item_id, []).append(TestRecord(nodeid, "not-run"))
+    selected_items = {i for ids in state.selected.values() for i in ids}
+    checklist = get_checklist(config)
+    known = {i for i in by_item if i in checklist}
+    items = build_items(checklist, {k: by_item[k] for k in known}, selected_items & known)
+    perf, metrics, triggers, env_findings = _performance(config, state)
+    blocking: list[Finding] = []
+    error: dict[str, Any] | None = None
+    status = int(exitstatus)
+    if status == EXIT_UNREACHABLE or (status == 2 and not outcomes):
+        message = run.target_error or (
+            "pytest ended with exit status 3 (target unreachable, or an internal error)"
+            if status == EXIT_UNREACHABLE
+            else "the run was interrupted before any test ran (collection errors?)"
+        )
+        error = {"exit_code": status, "message": scrub(message, state.secrets)}
+        blocking.append(Finding("error", "", error["message"]))
+    verdict, blocks, undecided = decide(
+        items,
+        metrics,
+        triggers,
+        unmapped_tests=unmapped,
+        extra_blocking=blocking,
+        extra_undecided=env_findings,
+    )
+    blocks_setting = _inconclusive_blocks(config)
+    code = _exit_code(session, status, verdict, blocks_setting, bool(outcomes))
+    if code == EXIT_CHECKS_FAILED and verdict is not PromotionVerdict.DO_NOT_PROMOTE:
+        # pytest saw a failure the checklist does not explain: fail closed, and say so.
+        blocks = (*blocks, Finding("run", "", "pytest reported failures (exit status 1)"))
+        verdict = PromotionVerdict.DO_NOT_PROMOTE
+    target = _target(config)
+    token = settings.token
+    flags, flags_source = _flags(target, token, settings.request_timeout)
+    from etlverify.report.fingerprint import build_fingerprint
+
+    baseline = perf.get("baseline") if isinstance(perf, dict) else None
+    fingerprint = build_fingerprint(
+        target=target,
+        base_url=settings.base_url,
+        flags=flags,
+        flags_source=flags_source,
+        root=config.rootpath,
+        operator=state.operator,
+        settings=settings.describe(),
+        baseline=baseline,
+        run_id=run.run_id,
+    )
+    return Summary(
+        verdict=verdict,
+        exit_code=code,
+        blocking=blocks,
+        undecided=undecided,
+        items=items,
+        metrics=tuple(metrics),
+        triggers=tuple(triggers),
+        fingerprint=fingerprint,
+        kind="pytest",
+        inconclusive_blocks=blocks_setting,
+        started_at=state.started_at,
+        finished_at=_now(),
+        signoff=state.signoff,
+        performance=perf,
+        error=error,
+        unmapped_tests=tuple(unmapped),
+    )
+
+
+def _exit_code(
+    session: pytest.Session, status: int, verdict: PromotionVerdict, blocks: bool, ran: bool
+) -> int:
+    """The gate's exit code for this run (see the module docstring)."""
+    if status == EXIT_UNREACHABLE:
+        return EXIT_UNREACHABLE
+    interrupted = status == pytest.ExitCode.INTERRUPTED
+    if interrupted and not (ran and isinstance(session.shouldstop, str) and session.shouldstop):
+        return EXIT_USAGE  # Ctrl-C or collection errors: pytest's own 2, kept
+    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not interrupted:
+        return status if status in (EXIT_USAGE,) else EXIT_CHECKS_FAILED
+    code = exit_code_for(verdict, inconclusive_blocks=blocks)
+    if status == pytest.ExitCode.TESTS_FAILED and code == EXIT_PROMOTE:
+        return EXIT_CHECKS_FAILED
+    return code
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Judge once, write summary.json and signoff.html, and set the gate's exit code."""
+    config = session.config
+    state = get_signoff(config)
+    if state is None or hasattr(config, "workerinput") or _offline(config):
+        return
+    outcomes = config.stash.get(OUTCOMES_KEY, {})
+    if not (state.verification or any(o.item_ids for o in outcomes.values())):
+        return
+    state.verification = True
+    summary = _build(session, int(session.exitstatus), state)
+    folder = _reports_dir(config)
+    state.summary_path = folder / SUMMARY_NAME
+    state.signoff_path = folder / SIGNOFF_NAME
+    write_summary(state.summary_path, summary)
+    try:
+        _write_report(state.signoff_path, summary)
+    except Exception as exc:  # summary.json and the exit code still count
+        state.note = f"signoff.html could not be written: {type(exc).__name__}: {exc}"
+    state.summary = summary
+    session.exitstatus = summary.exit_code
+
+
+def _write_report(path: Path, summary: Summary) -> None:
+    """Render the sign-off report; with a Locust summary of the same run, the merged view."""
+    from etlverify.gate import LOCUST_HTML, LOCUST_SUMMARY, load_locust, merge, same_run
+    from etlverify.report.signoff import write_signoff
+    from etlverify.report.summary import SummaryError
+
+    shown = summary
+    locust_path = path.parent / LOCUST_SUMMARY
+    if locust_path.exists():
+        try:
+            locust = load_locust(locust_path)
+        except SummaryError:
+            locust = None
+        if locust is not None:
+            from etlverify.gate import _locust_started
+
+            if same_run(summary.started_at, _locust_started(locust, locust_path)):
+                html = LOCUST_HTML if (path.parent / LOCUST_HTML).exists() else None
+                shown = merge(
+                    summary,
+                    locust,
+                    inconclusive_blocks=summary.inconclusive_blocks,
+                    locust_html=html,
+                    locust_note="merged by the pytest run; `etlverify gate` decides",
+                )
+    write_signoff(path, shown)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The verdict, what blocks it, what a person must decide, and where the report is."""
+    state = get_signoff(config)
+    if state is None or state.summary is None:
+        return
+    summary = state.summary
+    tr = terminalreporter
+    colour = {
+        PromotionVerdict.PROMOTE: {"green": True},
+        PromotionVerdict.DO_NOT_PROMOTE: {"red": True},
+        PromotionVerdict.INCOMPLETE: {"yellow": True},
+    }[summary.verdict]
+    tr.section("etlverify verdict", bold=True, **colour)
+    tr.write_line(f"{summary.verdict.value} (exit code {summary.exit_code})", bold=True, **colour)
+    _lines(tr, "blocking", summary.blocking, red=True)
+    _lines(tr, "for a person to decide", summary.undecided, yellow=True)
+    if summary.verdict is PromotionVerdict.INCOMPLETE and summary.exit_code == EXIT_PROMOTE:
+        tr.write_line(
+            "warning: INCOMPLETE does not block (exit 0); --inconclusive-blocks makes it exit 4",
+            yellow=True,
+        )
+    cov = summary.coverage
+    if cov["outside_selection"]:
+        tr.write_line(
+            f"scope: {cov['in_scope']} of {cov['automated']} automated checklist items were in "
+            f"this run's selection; the other {cov['outside_selection']} are reported as not run"
+        )
+    tr.write_line(f"sign-off report: {state.signoff_path}  summary: {state.summary_path}")
+    if state.note:
+        tr.write_line(state.note, red=True)
+
+
+def _lines(tr: Any, title: str, findings: Sequence[Finding], **markup: bool) -> None:
+    if not findings:
+        return
+    tr.write_line(f"{title}:")
+    for finding in findings[:20]:
+        tr.write_line(f"  {finding.line()}", **markup)
+    if len(findings) > 20:
+        tr.write_line(f"  ... and {len(findings) - 20} more (summary.json)")

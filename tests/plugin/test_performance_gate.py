@@ -1,0 +1,270 @@
+"""The performance gate can fail: inner pytest runs of verification/performance against a reference
+started here with fault switches.
+
+A module-scoped reference (`--enable-faults`) and a baseline recorded against it (two short runs of
+the response-time test) are shared by the tests; each test then runs the section once more:
+unchanged (passes), with +50% latency injected on /api/jobs (fails, naming metric, baseline,
+current, tolerance and p-value, and refuses `--baseline-record`), with no baseline (skips with the
+way to record one), and with a broken or mismatched baseline file (one line, exit code 4).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from etlverify.baseline import load
+from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytest_plugins = ["pytester"]
+
+#: as in conftest.BASE_ARGS (which the module-scoped recording cannot take as a fixture)
+BASE_ARGS = ("-p", "etlverify.pytest_plugin", "-p", "no:locust", "-p", "no:cacheprovider")
+SECTION = Path(__file__).resolve().parents[2] / "verification" / "performance"
+PERF_ARGS = ("-p", "no:randomly")
+#: Short loads: 5 windows x 2 s at 100 rps over four routes = 50 samples per route and window.
+LOAD = ("--perf-duration", "10", "--perf-rate", "100")
+#: p50 only: 50 samples per window are too few for a p95 verdict (it needs 100). The section's
+#: p50 rule for the fault; a wider one for "unchanged passes", so that the host's own drift between
+#: the recording and the run (other processes on two shared cores) cannot fail it.
+TOLERANCE = ("--tolerance", "p50:10%,+2ms", "--tolerance", "error_rate:+1pp")
+WIDE_TOLERANCE = ("--tolerance", "p50:50%,+3ms", "--tolerance", "error_rate:+1pp")
+SELECT = ("-k", "response_times")
+#: etlverify's usage/configuration error exit (docs/exit-codes.md), not pytest's own 4.
+USAGE_ERRORS = (2,)
+
+
+@pytest.fixture(scope="module")
+def faulty_target() -> Iterator[EmbeddedTarget]:
+    """A reference with fault switches on a free loopback port (stopped by PID at teardown)."""
+    target = EmbeddedTarget(enable_faults=True, config_overrides=SUITE_CONFIG_OVERRIDES)
+    target.start()
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+def _section(pytester: pytest.Pytester) -> None:
+    """A copy of the performance section as the inner run's tests."""
+    shutil.copytree(
+        SECTION, pytester.path / "performance", ignore=shutil.ignore_patterns("__pycache__")
+    )
+
+
+def _run(pytester: pytest.Pytester, run_args: tuple[str, ...], *args: str) -> pytest.RunResult:
+    _section(pytester)
+    return pytester.runpytest_subprocess(*run_args, *PERF_ARGS, "-rs", *args, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def baseline_file(tmp_path_factory: pytest.TempPathFactory, faulty_target: EmbeddedTarget) -> Path:
+    """Two recorded runs of the response-time test against `faulty_target` (no fault set)."""
+    work = tmp_path_factory.mktemp("record")
+    shutil.copytree(SECTION, work / "performance", ignore=shutil.ignore_patterns("__pycache__"))
+    path = work / "perf.json"
+    for _ in range(2):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *BASE_ARGS,
+                *PERF_ARGS,
+                "--base-url",
+                faulty_target.base_url,
+                "--baseline",
+                str(path),
+                "--baseline-record",
+                # Recording compares too; a permissive tolerance keeps host noise between the two
+                # recordings from refusing the second one.
+                "--tolerance",
+                "p50:1000%",
+                *LOAD,
+                *SELECT,
+                "performance",
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert "--baseline-record: appended run" in proc.stdout, proc.stdout + proc.stderr
+    assert len(load(path).runs) == 2
+    return path
+
+
+def _set_latency(target: EmbeddedTarget, ms: float | None) -> None:
+    if ms is None:
+        resp = httpx.delete(f"{target.base_url}/api/_faults", timeout=5)
+    else:
+        body = {"latency": {"ms": ms, "fraction": 1.0, "route_prefix": "/api/jobs"}}
+        resp = httpx.post(f"{target.base_url}/api/_faults", json=body, timeout=5)
+    assert resp.status_code == 200, resp.text
+
+
+def _p95_ms(path: Path, metric: str) -> float:
+    value = load(path).metrics[metric].merged.p95_ms
+    assert value is not None
+    return value
+
+
+def test_unchanged_target_passes(
+    pytester: pytest.Pytester,
+    run_args: tuple[str, ...],
+    faulty_target: EmbeddedTarget,
+    baseline_file: Path,
+) -> None:
+    result = _run(
+        pytester,
+        run_args,
+        "--base-url",
+        faulty_target.base_url,
+        "--baseline",
+        str(baseline_file),
+        *LOAD,
+        *WIDE_TOLERANCE,
+        *SELECT,
+    )
+    out = result.stdout.str()
+    # The test itself passes. (The run's exit code is the sign-off plugin's: it may still say
+    # DO NOT PROMOTE when the host's drift fires a rollback trigger, which has no noise rule.)
+    result.assert_outcomes(passed=1)
+    assert "PASS p50 GET /api/jobs" in out
+    assert "FAIL p50" not in out
+
+
+def test_fifty_percent_latency_fails_with_the_numbers(
+    pytester: pytest.Pytester,
+    run_args: tuple[str, ...],
+    faulty_target: EmbeddedTarget,
+    baseline_file: Path,
+) -> None:
+    # +50% of the recorded p95 of the job routes, added to every /api/jobs request.
+    added = 0.5 * max(_p95_ms(baseline_file, m) for m in ("GET /api/jobs", "POST /api/jobs"))
+    before = baseline_file.read_bytes()
+    _set_latency(faulty_target, round(added, 1))
+    try:
+        result = _run(
+            pytester,
+            run_args,
+            "--base-url",
+            faulty_target.base_url,
+            "--baseline",
+            str(baseline_file),
+            "--baseline-record",
+            *LOAD,
+            *TOLERANCE,
+            *SELECT,
+        )
+    finally:
+        _set_latency(faulty_target, None)
+    out = result.stdout.str()
+    result.assert_outcomes(failed=1)
+    line = re.search(r"FAIL p50 POST /api/jobs: .*", out)
+    assert line, out
+    # metric, current vs baseline, change, tolerance and p-value on one line
+    assert re.search(
+        r"FAIL p50 POST /api/jobs: [\d.]+ ms vs baseline [\d.]+ ms \(\+[\d.]+%, tolerance 10% "
+        r"\+2 ms, Mann-Whitney p=[\d.e-]+\) - significant change beyond tolerance",
+        line.group(0),
+    ), line.group(0)
+    assert "blocks checklist: post.2_performance_validation.compare_response_times" in out
+    assert "Traceback" not in out
+    # a failing run is never recorded
+    assert "--baseline-record refused: 1 performance test(s) failed" in out
+    assert baseline_file.read_bytes() == before
+
+
+def test_no_baseline_skips_with_the_way_to_record_one(
+    pytester: pytest.Pytester, run_args: tuple[str, ...], faulty_target: EmbeddedTarget
+) -> None:
+    result = _run(
+        pytester,
+        run_args,
+        "--base-url",
+        faulty_target.base_url,
+        "--perf-duration",
+        "2",
+        *SELECT,
+    )
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [f"*no baseline for {faulty_target.base_url}: record one with --baseline-record*"]
+    )
+
+
+def test_broken_baseline_file_is_one_line(
+    pytester: pytest.Pytester,
+    run_args: tuple[str, ...],
+    faulty_target: EmbeddedTarget,
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"schema_version": 1, "name": ', encoding="utf-8")
+    result = _run(
+        pytester, run_args, "--base-url", faulty_target.base_url, "--baseline", str(broken)
+    )
+    assert result.ret in USAGE_ERRORS
+    errors = [line for line in result.errlines if line.strip()]
+    assert errors == [f"ERROR: {broken}: invalid JSON at line 1 column 31: Expecting value"]
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_baseline_of_another_load_is_one_line(
+    pytester: pytest.Pytester,
+    run_args: tuple[str, ...],
+    faulty_target: EmbeddedTarget,
+    baseline_file: Path,
+) -> None:
+    result = _run(
+        pytester,
+        run_args,
+        "--base-url",
+        faulty_target.base_url,
+        "--baseline",
+        str(baseline_file),
+        "--perf-duration",
+        "10",
+        "--perf-rate",
+        "50",
+    )
+    assert result.ret in USAGE_ERRORS
+    errors = [line for line in result.errlines if line.strip()]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"ERROR: {baseline_file}: recorded with another load, ")
+    assert "load.routes.rate_rps: baseline 100.0, this run 50.0" in errors[0]
+
+
+def test_bad_tolerance_is_one_line(pytester: pytest.Pytester, run_args: tuple[str, ...]) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess(*run_args, *PERF_ARGS, "--tolerance", "p95=10%")
+    assert result.ret in USAGE_ERRORS
+    errors = [line for line in result.errlines if line.strip()]
+    assert errors == [
+        "ERROR: --tolerance: invalid tolerance spec 'p95=10%': expected '<stat>:<tolerance>', "
+        "e.g. 'p95:10%'; did you mean 'p95:10%'?"
+    ]
+
+
+def test_record_file_is_reviewable_json(baseline_file: Path) -> None:
+    data = json.loads(baseline_file.read_text(encoding="utf-8"))
+    assert data["environment"]["load"]["routes"]["rate_rps"] == 100.0
+    assert sorted(data["metrics"]) == [
+        "GET /api/health",
+        "GET /api/jobs",
+        "GET /api/jobs/{id}",
+        "POST /api/jobs",
+    ]

@@ -1,0 +1,91 @@
+"""Fixtures of the performance validation: one session-level measurement run, judged once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from etlverify.errors import TargetError
+
+from .scenarios import MEASURE, Context, budget_s
+
+if TYPE_CHECKING:
+    from etlverify.client import EtlClient
+    from etlverify.pytest_plugin.performance import GroupResult, PerfCollector
+    from etlverify.settings import Settings
+    from etlverify.target import Target
+
+
+def _flags(etl_api: EtlClient) -> dict[str, Any] | None:
+    """`GET /api/flags` for the fingerprint (None when the target has no such route)."""
+    resp = etl_api.get("/api/flags")
+    if resp.status_code != 200:
+        return None
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _measure_bounded(group: str, ctx: Context) -> GroupResult:
+    """Run one group's measurement on its own event loop in a thread, joined with a hard budget.
+
+    The loads bound themselves, but a cancellation that never completes (a transport stuck in its
+    cleanup) would hang `asyncio.run` for ever; the thread join is the backstop that cannot hang.
+    A thread still running after its budget is left behind (daemon) and reported with its stack.
+    """
+    outcome: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            outcome["result"] = asyncio.run(MEASURE[group](ctx))
+        except BaseException as exc:  # handed to the test thread, which re-raises it
+            outcome["error"] = exc
+
+    budget = budget_s(group, ctx.plan)
+    worker = threading.Thread(target=main, name=f"etlverify-perf-{group}", daemon=True)
+    worker.start()
+    worker.join(budget)
+    if worker.is_alive():
+        frame = sys._current_frames().get(worker.ident or -1)
+        where = "".join(traceback.format_stack(frame, limit=4)) if frame else "?"
+        raise TargetError(
+            f"performance: the {group!r} measurement did not finish within {budget:.0f} s "
+            f"(target or transport hung); it was waiting in:\n{where}"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    result: GroupResult = outcome["result"]
+    return result
+
+
+@pytest.fixture(scope="session")
+def perf_run(
+    etl_perf: PerfCollector, etl_target: Target, etl_api: EtlClient, etl_settings: Settings
+) -> PerfCollector:
+    """Measure every group the selected performance tests read (`perf_uses`), in plan order, then
+    compare the whole run with the baseline once. Every load is bounded in count and time."""
+    etl_perf.set_environment(etl_target.status, _flags(etl_api))
+    headers = {"Authorization": f"Bearer {etl_api.token}"} if etl_api.token else {}
+    profiles = etl_settings.job_profiles
+    ctx = Context(
+        base_url=etl_target.base_url,
+        ws_url=etl_target.ws_url,
+        headers=headers,
+        job_type=etl_settings.job_types[0],
+        quick_profile=profiles["quick"],
+        long_profile=profiles["long"],
+        plan=etl_perf.plan,
+        request_timeout=etl_settings.request_timeout,
+    )
+    for group in etl_perf.needed:
+        if group not in etl_perf.groups:
+            etl_perf.add(_measure_bounded(group, ctx))
+    etl_perf.judge()
+    return etl_perf

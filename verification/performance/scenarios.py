@@ -1,0 +1,344 @@
+"""The section's measurements: one async function per group of `PerfPlan`, each bounded in time.
+
+Each returns a `GroupResult` for the session's `PerfCollector`. Failures of the target are
+measured (errors, problems), never raised, except when a precondition cannot be set up (the job
+that `GET /api/jobs/{id}` reads), which is a `TargetError` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from etlverify.errors import TargetError
+from etlverify.measure import (
+    MetricResult,
+    RequestSpec,
+    ServerSample,
+    ServerTrace,
+    identity_address,
+    measure_ws_push,
+    run_closed,
+    run_open,
+)
+from etlverify.measure.sampler import METRICS_PATH, parse_metrics
+from etlverify.pytest_plugin.performance import (
+    POOL_METRIC,
+    USERS_METRIC,
+    WS_METRIC,
+    GroupResult,
+    PerfPlan,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Mapping
+
+#: What a job created under load writes to; the reference ignores it, a real server may not.
+TARGET_CONFIG = "sink=memory"
+DB_FIELDS = ("connections_active", "connections_idle", "connection_timeouts", "connection_failures")
+#: How long the pool gets, after the load, to hand its connections back.
+POOL_SETTLE_S = 3.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every measurement needs: where the target is, how to talk to it, and the plan."""
+
+    base_url: str
+    ws_url: str
+    headers: Mapping[str, str]
+    job_type: str
+    quick_profile: str
+    long_profile: str
+    plan: PerfPlan
+    request_timeout: float = 10.0
+
+    def client(self, connections: int) -> httpx.AsyncClient:
+        """An AsyncClient sized for `connections` concurrent requests, never using a proxy."""
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=dict(self.headers),
+            timeout=self.request_timeout,
+            limits=httpx.Limits(
+                max_connections=connections + 2, max_keepalive_connections=connections + 2
+            ),
+            trust_env=False,
+        )
+
+    def job_body(self, profile: str) -> dict[str, Any]:
+        """A job creation body with one of the job profiles' source_config."""
+        return {"type": self.job_type, "source_config": profile, "target_config": TARGET_CONFIG}
+
+
+async def _probe_job(ctx: Context, client: httpx.AsyncClient) -> str:
+    """Create one quick job for `GET /api/jobs/{id}` and wait (bounded) until it is done."""
+    try:
+        resp = await client.post("/api/jobs", json=ctx.job_body(ctx.quick_profile))
+        job_id = str(resp.json().get("job_id", "")) if resp.status_code in (200, 201) else ""
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TargetError(f"performance: could not create the probe job: {exc}") from None
+    if not job_id:
+        raise TargetError(
+            f"performance: POST /api/jobs answered {resp.status_code} {resp.text[:200]!r}; "
+            "the job read under load could not be created"
+        )
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            got = await client.get(f"/api/jobs/{job_id}")
+            if got.json().get("status") in ("completed", "failed", "cancelled"):
+                break
+        await asyncio.sleep(0.1)
+    return job_id
+
+
+async def _sample_until(
+    client: httpx.AsyncClient, interval_s: float, stop: asyncio.Event
+) -> ServerTrace:
+    """Poll /api/health/metrics every `interval_s` until `stop` is set.
+
+    Not `ServerSampler`: it is stopped by cancelling a task that sits in `asyncio.wait_for`, and on
+    Python 3.11 wait_for can swallow that cancellation when the poll completes at the same moment,
+    so `stop()` then waits for ever (seen here twice). An event checked every round cannot be lost.
+    """
+    samples: list[ServerSample] = []
+    t0 = time.monotonic()
+    next_at = t0
+    while not stop.is_set():
+        t = time.monotonic() - t0
+        try:
+            resp = await client.get(METRICS_PATH, timeout=min(5.0, interval_s * 4))
+            if resp.status_code == 200:
+                samples.append(parse_metrics(t, resp.json()))
+            else:
+                samples.append(ServerSample(t, ok=False, error=f"HTTP {resp.status_code}"))
+        except (httpx.HTTPError, ValueError) as exc:
+            samples.append(ServerSample(t, ok=False, error=f"{type(exc).__name__}: {exc}"[:200]))
+        next_at += interval_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+    return ServerTrace(samples=tuple(samples), interval_s=interval_s)
+
+
+async def measure_routes(ctx: Context) -> GroupResult:
+    """Open-model load over the four key routes, interleaved, with server sampling."""
+    load = ctx.plan.routes
+    async with ctx.client(load.max_concurrency + 1) as client:
+        job_id = await _probe_job(ctx, client)
+        specs = [
+            RequestSpec("GET", "/api/health", expected_status=(200,)),
+            RequestSpec("GET", "/api/jobs?limit=20", name="GET /api/jobs", expected_status=(200,)),
+            RequestSpec(
+                "GET", f"/api/jobs/{job_id}", name="GET /api/jobs/{id}", expected_status=(200,)
+            ),
+            RequestSpec(
+                "POST",
+                "/api/jobs",
+                json=ctx.job_body(ctx.quick_profile),
+                expected_status=(200, 201),
+            ),
+        ]
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(_sample_until(client, ctx.plan.sample_interval_s, stop))
+        try:
+            run = await run_open(client, specs, load)
+        finally:
+            stop.set()
+            trace = await sampler
+    attempts = sum(m.count + m.errors for m in run.metrics.values())
+    successes = sum(m.count for m in run.metrics.values())
+    return GroupResult(
+        name="routes",
+        metrics=dict(run.metrics),
+        run=replace(run, server=trace),
+        trace=trace,
+        facts={
+            "intended_rps": load.rate_rps,
+            "achieved_rps": round(successes / load.duration_s, 3),
+            "attempts": attempts,
+            "successes": successes,
+            "late": run.late,
+            "unsent": run.unsent,
+            "longest_outage_s": run.longest_outage_s,
+            "probe_job": job_id,
+        },
+    )
+
+
+async def measure_users(ctx: Context) -> GroupResult:
+    """Closed-model load: N users each looping over the read routes with think time."""
+    load = ctx.plan.users
+    async with ctx.client(load.users) as client:
+        job_id = await _probe_job(ctx, client)
+        specs = [
+            RequestSpec("GET", path, name=USERS_METRIC, expected_status=(200,))
+            for path in (
+                "/api/health",
+                "/api/jobs?limit=20",
+                f"/api/jobs/{job_id}",
+                "/api/monitor/metrics",
+            )
+        ]
+        run = await run_closed(client, specs, load)
+    metric = run.metrics[USERS_METRIC]
+    return GroupResult(
+        name="users",
+        metrics=dict(run.metrics),
+        run=run,
+        facts={
+            "users": load.users,
+            "requests": metric.count + metric.errors,
+            "errors": metric.errors,
+            "error_kinds": dict(metric.merged.error_kinds),
+            "throughput_rps": round(metric.count / load.duration_s, 3),
+        },
+    )
+
+
+async def _db_block(client: httpx.AsyncClient) -> dict[str, Any] | None:
+    """The `metrics.database` block of `/api/health/metrics`, or None when unavailable."""
+    try:
+        resp = await client.get("/api/health/metrics", timeout=5.0)
+        block = resp.json().get("metrics", {}).get("database")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return dict(block) if isinstance(block, dict) else None
+
+
+async def measure_pool(ctx: Context) -> GroupResult:
+    """Concurrent job creation (closed model) while the database counters are polled."""
+    load = ctx.plan.pool
+    snapshots: list[tuple[float, dict[str, Any] | None]] = []
+    async with ctx.client(load.users + 1) as client:
+        t0 = time.monotonic()
+        before = await _db_block(client)
+        snapshots.append((0.0, before))
+        stop = asyncio.Event()
+
+        async def poll() -> None:
+            while not stop.is_set():
+                snapshots.append((time.monotonic() - t0, await _db_block(client)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
+
+        poller = asyncio.create_task(poll())
+        spec = RequestSpec(
+            "POST",
+            "/api/jobs",
+            name=POOL_METRIC,
+            json=ctx.job_body(ctx.quick_profile),
+            expected_status=(200, 201),
+        )
+        try:
+            run = await run_closed(client, [spec], load)
+        finally:
+            stop.set()
+            await poller
+        # A pool that hands connections back returns to its resting level shortly after the load.
+        rest_active = (before or {}).get("connections_active")
+        settled: dict[str, Any] | None = None
+        deadline = time.monotonic() + POOL_SETTLE_S
+        while time.monotonic() < deadline:
+            settled = await _db_block(client)
+            snapshots.append((time.monotonic() - t0, settled))
+            active = (settled or {}).get("connections_active")
+            if (
+                isinstance(active, int | float)
+                and isinstance(rest_active, int | float)
+                and active <= rest_active
+            ):
+                break
+            await asyncio.sleep(0.2)
+    metric = run.metrics[POOL_METRIC]
+    return GroupResult(
+        name="pool",
+        metrics=dict(run.metrics),
+        run=run,
+        facts={
+            "before": before,
+            "after": settled,
+            "samples": [block for _, block in snapshots],
+            "times": [round(t, 3) for t, _ in snapshots],
+            "jobs_created": metric.count,
+            "errors": metric.errors,
+            "error_kinds": dict(metric.merged.error_kinds),
+        },
+    )
+
+
+async def measure_ws(ctx: Context) -> GroupResult:
+    """`probes` WebSocket push measurements; each probe's cancel latencies are one trial window."""
+    plan = ctx.plan.ws
+    windows = []
+    facts: dict[str, Any] = {
+        "connections": plan.connections,
+        "jobs": 0,
+        "expected": 0,
+        "received": 0,
+        "lost": 0,
+        "duplicates": 0,
+        "out_of_order": 0,
+        "messages": 0,
+        "problems": [],
+        "messages_per_s": [],
+    }
+    start = time.perf_counter()
+    for k in range(plan.probes):
+        offset = time.perf_counter() - start
+        result = await measure_ws_push(
+            ctx.ws_url,
+            ctx.base_url,
+            connections=plan.connections,
+            jobs=plan.jobs,
+            job_type=ctx.job_type,
+            source_config=ctx.long_profile,
+            target_config=TARGET_CONFIG,
+            run_before_cancel_s=plan.run_before_cancel_s,
+            timeout_s=plan.timeout_s,
+            # Each probe is its own client identity (rate limits count per client).
+            headers={**ctx.headers, "X-Forwarded-For": identity_address(10_000 + k)},
+            job_prefix=f"etlv_perfws{k}",
+        )
+        for key in ("jobs", "expected", "received", "lost", "duplicates", "out_of_order"):
+            facts[key] += getattr(result, key)
+        facts["messages"] += result.messages
+        facts["problems"] += [f"probe {k}: {p}" for p in result.problems]
+        facts["messages_per_s"].append(result.messages_per_s)
+        window = result.cancel_latency.windows[0]
+        # The probe's own span is the window: throughput is cancel pushes delivered per second.
+        windows.append(
+            replace(
+                window,
+                index=k,
+                start_s=round(offset, 6),
+                duration_s=max(result.duration_s, 1e-3),
+            )
+        )
+    return GroupResult(
+        name="ws",
+        metrics={WS_METRIC: MetricResult(name=WS_METRIC, windows=tuple(windows))},
+        facts=facts,
+    )
+
+
+def budget_s(group: str, plan: PerfPlan) -> float:
+    """The hard time budget of one group: its load plus every bounded wait it may add."""
+    if group == "routes":
+        return plan.routes.duration_s + plan.routes.timeout_s + 30.0
+    if group in ("users", "pool"):
+        shape = plan.users if group == "users" else plan.pool
+        return shape.duration_s + shape.timeout_s + 30.0
+    return plan.ws.probes * (plan.ws.timeout_s * 3 + 5.0)
+
+
+MEASURE: dict[str, Callable[[Context], Coroutine[Any, Any, GroupResult]]] = {
+    "routes": measure_routes,
+    "users": measure_users,
+    "pool": measure_pool,
+    "ws": measure_ws,
+}

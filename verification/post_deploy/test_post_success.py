@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .support import TERMINAL, job_problems, median_ms
+from .support import TERMINAL, job_problems
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -83,26 +83,6 @@ def test_no_critical_errors_in_logs(
         expected="none but those the suite caused (its correlation ids, its etlv_ jobs, "
         "invalid files it wrote)",
         got=f"{len(critical)}: " + " || ".join(critical[:5]),
-    )
-
-
-@pytest.mark.performance
-@pytest.mark.checklist("success.deployment_success.response_times_within")
-def test_response_times_within_baseline(etl_api: Any, etl_expect: Any) -> None:
-    """Response times within 10% of baseline: medians measured, compared when recorded."""
-    figures = {}
-    for path in ("/api/health", "/api/health/status", "/api/jobs"):
-        latencies = []
-        for _ in range(20):
-            started = time.perf_counter()
-            resp = etl_api.get(path)
-            latencies.append(time.perf_counter() - started)
-            etl_expect.status(resp, 200)
-        figures[path] = median_ms(latencies)
-    shown = ", ".join(f"{p} {ms:.1f} ms" for p, ms in figures.items())
-    print(f"median response times: {shown}")
-    pytest.skip(
-        f"no baseline recorded (the performance suite records baselines); measured: {shown}"
     )
 
 

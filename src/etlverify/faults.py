@@ -6,14 +6,26 @@ tests use them to prove that every check notices a misbehaving target.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from etlverify.client import EtlClient, Expect
 
-__all__ = ["FAULTS_PATH", "FaultsControl"]
+__all__ = ["FAULTS_PATH", "FaultsControl", "fault_windows"]
 
 FAULTS_PATH = "/api/_faults"
+
+#: (start, end) wall-clock seconds of every period this process had faults switched on; end is
+#: None while they still are. Checks of the target's own health (its log's ERROR lines, say) use it
+#: to tell errors the suite induced from errors the target produced by itself.
+_WINDOWS: list[tuple[float, float | None]] = []
+
+
+def fault_windows(grace_s: float = 2.0) -> list[tuple[float, float]]:
+    """The periods faults were on in this process, each widened by `grace_s` on both sides."""
+    now = time.time()
+    return [(a - grace_s, (now if b is None else b) + grace_s) for a, b in _WINDOWS]
 
 
 class FaultsControl:
@@ -30,9 +42,13 @@ class FaultsControl:
 
     def set(self, **settings: Any) -> dict[str, Any]:
         """Merge `settings` (e.g. ``latency={"ms": 300}``, ``crash=True``) into the faults."""
+        if not _WINDOWS or _WINDOWS[-1][1] is not None:
+            _WINDOWS.append((time.time(), None))
         resp = self.expect.status(self.api.post(FAULTS_PATH, json=settings), (200, 204))
         return self.expect.json_fields(resp, {}) if resp.content else {}
 
     def clear(self) -> None:
         """Switch every fault off."""
         self.expect.status(self.api.delete(FAULTS_PATH), (200, 204))
+        if _WINDOWS and _WINDOWS[-1][1] is None:
+            _WINDOWS[-1] = (_WINDOWS[-1][0], time.time())

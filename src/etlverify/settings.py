@@ -150,7 +150,8 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "--embedded-faults",
         "ETLPLUS_EMBEDDED_FAULTS",
         None,
-        "start the embedded reference with --enable-faults",
+        "start the embedded reference with its fault switches (default on: the monitoring and"
+        " trigger checks induce faults on it; --no-embedded-faults to start it without)",
         "bool",
     ),
 )
@@ -170,7 +171,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "job_types": DEFAULT_JOB_TYPES,
         "job_profiles": DEFAULT_JOB_PROFILES,
         "allow_destructive": False,
-        "embedded_faults": False,
+        "embedded_faults": True,
     }
 )
 
@@ -190,7 +191,7 @@ class Settings:
     job_types: tuple[str, ...] = DEFAULT_JOB_TYPES
     job_profiles: Mapping[str, str] = field(default_factory=lambda: DEFAULT_JOB_PROFILES)
     allow_destructive: bool = False
-    embedded_faults: bool = False
+    embedded_faults: bool = True
     # Secrets: environment only, never in repr.
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)

@@ -184,7 +184,30 @@ def test_throughput_drop_fails_and_rise_passes(tmp_path: Path) -> None:
     assert dropped.results[0].change_pct == pytest.approx(-40)
     risen = compare(base, lognormal_run(2, n=1500), "throughput:-10%")
     assert risen.results[0].verdict is Verdict.PASS
-    assert risen.results[0].reason == "improved"
+    assert risen.results[0].reason.startswith("improved")
+
+
+def test_noisy_baseline_still_passes_a_clear_improvement(tmp_path: Path) -> None:
+    """Non-inferiority: a run far better than a noisy baseline is PASS, not INCONCLUSIVE."""
+    noisy = [
+        lognormal_run(s, scale=k) for s, k in ((1, 1.0), (3, 1.9), (4, 0.7), (5, 1.6), (6, 1.2))
+    ]
+    base = as_baseline(tmp_path, *noisy)
+    cmp = compare(base, lognormal_run(2, scale=0.4), "p50:10%,+0.1ms")
+    (result,) = cmp.results
+    assert result.verdict is Verdict.PASS, result.line()
+    assert "non-inferiority" in result.reason
+
+
+def test_noisy_baseline_with_a_similar_run_stays_inconclusive(tmp_path: Path) -> None:
+    """Without evidence either way, noise gives INCONCLUSIVE, never a silent PASS."""
+    noisy = [
+        lognormal_run(s, scale=k) for s, k in ((1, 1.0), (3, 1.9), (4, 0.7), (5, 1.6), (6, 1.2))
+    ]
+    base = as_baseline(tmp_path, *noisy)
+    cmp = compare(base, lognormal_run(2, scale=1.25), "p50:10%,+0.1ms")
+    (result,) = cmp.results
+    assert result.verdict is Verdict.INCONCLUSIVE, result.line()
 
 
 def test_error_rate_increase_beyond_pp_fails(tmp_path: Path) -> None:

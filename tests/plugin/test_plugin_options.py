@@ -86,3 +86,12 @@ def test_markers_are_registered_with_signatures(
             "@pytest.mark.checklist(*item_ids): *",
         ]
     )
+
+
+def test_help_lists_every_option(pytester: pytest.Pytester, run_args: tuple[str, ...]) -> None:
+    """`pytest --help` renders (a stray % in a help text once broke it) and lists the settings."""
+    result = pytester.runpytest_subprocess(*run_args, "--help")
+    assert result.ret == 0
+    out = result.stdout.str()
+    for option in ("--base-url", "--no-embedded-faults", "--tolerance", "--baseline-record"):
+        assert option in out

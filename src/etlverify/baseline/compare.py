@@ -31,9 +31,14 @@ as exchangeable, which is why the noise floor below is also required.
 3. FAIL needs both: a significant difference (p < alpha) and a worsening beyond the tolerance
    (relative, raised to the absolute floor).
 4. Beyond tolerance but not significant is INCONCLUSIVE (re-run or record more windows).
-5. Noise floor: if the window-to-window standard deviation of either side is wider than the allowed
-   change, a change of the tolerated size could not have been seen, so no PASS: INCONCLUSIVE.
-6. Otherwise PASS (within tolerance, improved, or significant but within tolerance).
+5. Non-inferiority: within tolerance on the point estimate and the current windows, moved by the
+   allowed change towards "worse", are still significantly better than the baseline windows
+   (one-sided Mann-Whitney, p < alpha): PASS. The data then rule out a regression of the tolerated
+   size, however noisy either side is, so a clear improvement is never INCONCLUSIVE.
+6. Noise floor: otherwise, if the window-to-window standard deviation of either side is wider than
+   the allowed change, a change of the tolerated size could not have been seen, so no PASS:
+   INCONCLUSIVE.
+7. Otherwise PASS (within tolerance, improved, or significant but within tolerance).
 
 Results are collected for all metrics first and judged once (`Comparison.verdict` is the worst).
 Rollback triggers (`triggers.py`) are reported separately; a fired trigger also makes the verdict
@@ -239,6 +244,24 @@ def _mann_whitney(current: Sequence[float], baseline: Sequence[float]) -> float:
     return 1.0 if math.isnan(p) else p
 
 
+def _non_inferiority(
+    current: Sequence[float], baseline: Sequence[float], allowed: float, higher_is_worse: bool
+) -> float:
+    """One-sided Mann-Whitney p that the current windows, moved `allowed` towards worse, are
+    still better than the baseline's: small p rules out a worsening of `allowed` or more."""
+    shift = allowed if higher_is_worse else -allowed
+    moved = [v + shift for v in current]
+    if len(moved) < 2 or len(baseline) < 2:
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sps.mannwhitneyu(
+            moved, baseline, alternative="less" if higher_is_worse else "greater"
+        )
+    p = float(res.pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
 def _tail_needed(stat: str, min_tail: int) -> int | None:
     if not stat.startswith("p"):
         return None
@@ -327,6 +350,15 @@ def judge_metric(
         return verdict(
             Verdict.INCONCLUSIVE,
             f"beyond tolerance but not significant (p>={alpha:g}); re-run or record more windows",
+            p,
+        )
+    p_ni = _non_inferiority(cur_vals, base_vals, allowed, spec.worsening(0.0, 1.0) > 0)
+    if p_ni < alpha:
+        better = "improved" if significant and spec.worsening(b, c) < 0 else "within tolerance"
+        return verdict(
+            Verdict.PASS,
+            f"{better}: a worsening beyond the allowed {allowed:.3g} is ruled out "
+            f"(one-sided non-inferiority p={p_ni:.2g})",
             p,
         )
     sd_b, sd_c = _spread(base_vals), _spread(cur_vals)

@@ -208,7 +208,7 @@ def etl_faults(
 ) -> Generator[FaultsControl]:
     """`FaultsControl` over /api/_faults; skips when the target has none; cleared after."""
     if not etl_target.faults_available:
-        pytest.skip("target has no fault switches (embedded reference with --embedded-faults)")
+        pytest.skip("target has no fault switches (GET /api/_faults is not 200)")
     control = FaultsControl(etl_api, etl_expect)
     yield control
     # a test may have crashed the target on purpose; teardown must not hide its result

@@ -6,6 +6,7 @@ option, variable or ini key it came from (exit code 2, no traceback).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if spec.kind == "bool":
             group.addoption(
                 spec.cli or "",
-                action="store_true",
+                # --x and --no-x: a default that is on (--embedded-faults) can be switched off
+                action=argparse.BooleanOptionalAction,
                 default=None,
                 dest=dest,
                 help=spec.help + env_help,

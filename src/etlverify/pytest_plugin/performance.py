@@ -717,7 +717,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SPEC",
         default=None,
         help="tolerance spec, repeatable, e.g. 'p95:10%%,+1ms' (default: "
-        f"{DEFAULT_TOLERANCE}) [env ETLPLUS_TOLERANCE, ';'-separated]",
+        f"{DEFAULT_TOLERANCE.replace('%', '%%')}) [env ETLPLUS_TOLERANCE, ';'-separated]",
     )
     group.addoption(
         "--perf-duration",

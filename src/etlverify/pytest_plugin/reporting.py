@@ -110,7 +110,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[OUTCOMES_KEY] = {}
     if hasattr(config, "workerinput"):
         return
-    if config.getini("etlplus_default_reports") and not _offline(config):
+    if (
+        config.getini("etlplus_default_reports")
+        and not _offline(config)
+        and _targets_verification(config)
+    ):
         reports = config.rootpath / "reports"
         if hasattr(config.option, "htmlpath") and not config.option.htmlpath:
             config.option.htmlpath = str(reports / "report.html")
@@ -120,6 +124,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(OutcomeRecorder(config), "etlverify-outcomes")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(HtmlChecklist(config), "etlverify-html")
+
+
+def _targets_verification(config: pytest.Config) -> bool:
+    """Whether this run points at the verification suites (their default: `testpaths`).
+
+    The project's own test runs (`pytest tests`) then leave reports/ alone, so they never overwrite
+    the evidence of the last gate run.
+    """
+    args = [a.split("::", 1)[0] for a in config.args if not a.startswith("-")]
+    if not args:
+        return True
+    suites = (config.rootpath / "verification").resolve()
+    invoked = Path(config.invocation_params.dir)
+    for arg in args:
+        path = (invoked / arg).resolve()
+        if path == suites or suites in path.parents or path in suites.parents:
+            return True
+    return False
 
 
 def _offline(config: pytest.Config) -> bool:

@@ -34,6 +34,11 @@ def test_unknown_job_is_404(etl_api, etl_expect):
 def test_wrong_expectation(etl_api, etl_expect):
     etl_expect.status(etl_api.get("/api/jobs/etlv_missing"), 200)
 
+@pytest.mark.checklist("post.1_functional_testing.websocket_real_time")
+def test_ws_never_answers(etl_target):
+    from etlverify.errors import TargetError
+    raise TargetError(f"WebSocket {etl_target.ws_url}: no message within 3 s")
+
 @pytest.mark.checklist("pre.3_monitoring_setup.set_up_slack")
 def test_skipped(etl_target):
     pytest.skip("optional: no Slack webhook configured")
@@ -76,7 +81,7 @@ def embedded_run(tmp_path_factory: pytest.TempPathFactory) -> InnerRun:
 
 def test_outcomes(embedded_run: InnerRun) -> None:
     assert embedded_run.ret == 1
-    embedded_run.stdout.fnmatch_lines(["*= 1 failed, 2 passed, 1 skipped in *"])
+    embedded_run.stdout.fnmatch_lines(["*= 2 failed, 2 passed, 1 skipped in *"])
 
 
 def test_check_failed_has_expected_got_curl_and_no_traceback(
@@ -97,12 +102,28 @@ def test_check_failed_has_expected_got_curl_and_no_traceback(
     assert "def test_wrong_expectation" not in out  # no source excerpt either
 
 
+def test_target_error_names_check_items_and_a_handshake_to_reproduce(
+    embedded_run: InnerRun,
+) -> None:
+    """A transport failure reads like a check failure: check, blocked items, what came back, and
+    a curl WebSocket handshake to reproduce it; no traceback."""
+    embedded_run.stdout.fnmatch_lines(
+        [
+            "*test_ws_never_answers: the target did not answer usably",
+            "blocks checklist: post.1_functional_testing.websocket_real_time",
+            "got: WebSocket ws://127.0.0.1:*/ws: no message within 3 s",
+            "Reproduce with: curl -i -N * -H 'Upgrade: websocket' *http://127.0.0.1:*/ws",
+        ]
+    )
+    assert "raise TargetError" not in embedded_run.text
+
+
 def test_summary_lists_checklist_items(embedded_run: InnerRun) -> None:
     embedded_run.stdout.fnmatch_lines(
         [
             "*etlverify checklist*",
             "etlverify target: http://127.0.0.1:* (embedded reference) version *",
-            "checklist items: 2 passed, 1 failed, 1 skipped, * manual, * n/a, * not run (of 131)",
+            "checklist items: 2 passed, 2 failed, 1 skipped, * manual, * n/a, * not run (of 131)",
             "FAILED  post.1_functional_testing.job_types_create: Test all ETL job types*",
             "    failed   test_suite.py::test_wrong_expectation",
             "SKIPPED pre.3_monitoring_setup.set_up_slack: optional: no Slack webhook configured",
@@ -129,7 +150,7 @@ def test_reports_written(embedded_run: InnerRun) -> None:
     assert status["pre.3_monitoring_setup.set_up_slack"] == "skipped"
     assert status["comms.post_deployment.document_lessons_learned"] == "manual"
     assert data["target"]["embedded"] is True
-    assert data["counts"]["failed"] == 1
+    assert data["counts"]["failed"] == 2
 
 
 def test_embedded_root_removed(embedded_run: InnerRun) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -88,8 +89,34 @@ def pytest_runtest_makereport(
         and isinstance(excinfo.value, (CheckFailed, TargetError))
     ):
         path, lineno, _ = item.location
-        report.longrepr = PlainFailure(str(excinfo.value), path, (lineno or 0) + 1)  # type: ignore[assignment]
+        text = str(excinfo.value)
+        if isinstance(excinfo.value, TargetError):
+            text = _target_error_text(item, text)
+        report.longrepr = PlainFailure(text, path, (lineno or 0) + 1)  # type: ignore[assignment]
     return report
+
+
+_WS_URL = re.compile(r"\bwss?://[^\s:,;]+(?::\d+)?[^\s,;]*")
+
+
+def _target_error_text(item: pytest.Item, message: str) -> str:
+    """A transport failure told like a check failure: the check, the items it blocks, what
+    happened, and a way to reproduce (a curl WebSocket handshake when there is no curl line)."""
+    lines = [f"{item.name}: the target did not answer usably"]
+    ids = checklist_ids(item)
+    if ids:
+        lines.append(f"blocks checklist: {', '.join(ids)}")
+    lines.append(f"got: {message}")
+    match = _WS_URL.search(message)
+    if "Reproduce with" not in message and match:
+        url = match.group(0).rstrip(".:")
+        http_url = "http" + url.removeprefix("ws")
+        lines.append(
+            "Reproduce with: curl -i -N -m 10 -H 'Connection: Upgrade' -H 'Upgrade: websocket' "
+            "-H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: ZXRsdmVyaWZ5LXByb2JlIQ==' "
+            f"{http_url}"
+        )
+    return "\n".join(lines)
 
 
 # -- default report files -------------------------------------------------------------------------

@@ -250,3 +250,21 @@ def test_format_has_a_summary_then_one_line_per_result(tmp_path: Path) -> None:
     assert len(metric_lines) == len(cmp.results) + 1
     assert sum("rollback trigger" in ln for ln in lines) == 5
     assert cmp.to_json()["verdict"] == "FAIL"
+
+
+def test_spike_windows_alone_do_not_fail(tmp_path: Path) -> None:
+    """Stalled windows push the pooled p95 past tolerance; the median window says no
+    regression: INCONCLUSIVE (re-run), not FAIL."""
+    base = as_baseline(tmp_path, lognormal_run(1), lognormal_run(3))
+    # a busy spell: every window a little slower (windows of one run move together), two stalled
+    spiky = lognormal_run(2, scale=[1.04, 1.04, 1.04, 6.0, 6.0])
+    result = by_stat(compare(base, spiky, "p95:10%,+1ms").results, "p95")
+    assert result.verdict is Verdict.INCONCLUSIVE, result.line()  # type: ignore[attr-defined]
+    assert "spike windows" in result.reason  # type: ignore[attr-defined]
+
+
+def test_sustained_shift_still_fails(tmp_path: Path) -> None:
+    """Every window 25% slower: the median window is beyond tolerance too, so FAIL."""
+    base = as_baseline(tmp_path, lognormal_run(1), lognormal_run(3))
+    result = by_stat(compare(base, lognormal_run(2, scale=1.25), "p95:10%,+1ms").results, "p95")
+    assert result.verdict is Verdict.FAIL, result.line()  # type: ignore[attr-defined]

@@ -28,11 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from scipy import stats as sps
 
-from etlverify.measure.results import MetricResult, RunResult, stat_value
-
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from etlverify.measure.results import MetricResult, RunResult
     from etlverify.measure.sampler import ServerTrace
 
 __all__ = ["TriggerConfig", "TriggerResult", "TriggerState", "evaluate_triggers"]
@@ -104,6 +103,15 @@ def _enough_tail(result: MetricResult, stat: str, min_tail: int) -> bool:
     return result.count >= math.ceil(min_tail / (1.0 - q / 100.0))
 
 
+def _typical(result: MetricResult, stat: str) -> float | None:
+    values = result.values(stat)
+    if not values:
+        return None
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2.0
+
+
 def _windows_differ(cur: MetricResult, base: MetricResult, stat: str) -> float:
     """Two-sided Mann-Whitney p-value of the per-window values (1.0 when it cannot tell)."""
     a, b = cur.values(stat), base.values(stat)
@@ -131,7 +139,9 @@ def _response_time(
         ):
             thin.append(metric)
             continue
-        b, c = stat_value(base.merged, stat), stat_value(cur.merged, stat)
+        # The median of the per-window values, not the pooled value: a pooled p95 is carried by
+        # a few stalled windows, and fired in 2 of 20 no-change runs of the gate benchmark.
+        b, c = _typical(base, stat), _typical(cur, stat)
         if b is None or c is None or b <= 0:
             continue
         pct = 100.0 * (c - b) / b
@@ -145,7 +155,7 @@ def _response_time(
             why += f" with enough samples ({len(thin)} too thin: {', '.join(sorted(thin)[:3])})"
         return TriggerResult(name, TriggerState.UNKNOWN, why)
     pct, metric, b, c, p = worst
-    detail = f"worst {stat} {metric}: {c:.3f} ms vs baseline {b:.3f} ms ({pct:+.1f}%)"
+    detail = f"worst median-window {stat} {metric}: {c:.3f} ms vs baseline {b:.3f} ms ({pct:+.1f}%)"
     beyond = pct > cfg.response_time_pct and c - b > cfg.response_time_floor_ms
     # Beyond the limit on point estimates only (one noisy window) is noise, not degradation.
     fired = beyond and p < cfg.response_time_alpha

@@ -584,7 +584,9 @@ class PerfCollector:
         comparison = self.judge()
         if comparison is None:
             node.user_properties.append(("performance", json.dumps({"measured": list(measured)})))
-            pytest.skip(self.no_baseline_reason())
+            # what was measured goes into the reason too: a skip must still say what it saw
+            seen = "; ".join(m.strip() for m in measured[:4])
+            pytest.skip(self.no_baseline_reason() + (f"; measured: {seen}" if seen else ""))
         mine = [
             r for r in comparison.results if metrics(r.metric) and (stats is None or stats(r.stat))
         ]
@@ -799,10 +801,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """After selection: note the performance tests; a bad baseline stops the run in one line."""
+    """After selection: measured tests first; note them; a bad baseline stops the run in one line.
+
+    The measurements run before any other check, on a target that no other check has loaded yet
+    (no jobs of theirs still running, no subscribers), which is the state the baseline was
+    recorded in: otherwise leftovers of the functional checks are measured as a regression.
+    """
     collector = config.stash.get(PERF_KEY, None)
     if collector is None:
         return
+    items.sort(key=lambda item: item.get_closest_marker("perf_uses") is None)
     try:
         collector.collected(items)
     except _UsageError as exc:

@@ -88,7 +88,13 @@ WS_METRIC = "ws: push cancelled"
 #: so +1 ms floors made every verdict INCONCLUSIVE by the noise rule. The p95 floor must stay
 #: below half the key routes' p95 (~7 ms there) or a +50% degradation (a rollback trigger) would
 #: pass the p95 rule: +5 ms did exactly that in a +50% fault run, +3 ms does not.
-DEFAULT_TOLERANCE = "p50:10%,+2ms; p95:10%,+3ms; throughput:-10%; error_rate:+1pp"
+#: The pool group's p95 (ten users creating jobs, each a SQLite write) is the tail of contended
+#: writes: its window-to-window sd was 9 ms (CV 85%) in a quiet-machine baseline, so it gets a
+#: +10 ms floor; the pool check's real signals are its errors, p50 and the server's connection
+#: timeout and failure counters.
+DEFAULT_TOLERANCE = (
+    "p50:10%,+2ms; p95:10%,+3ms; throughput:-10%; error_rate:+1pp; p95@pool*:10%,+10ms"
+)
 WINDOWS = 5
 DEFAULT_DURATION_S = 40.0
 DEFAULT_RATE_RPS = 100.0

@@ -22,6 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from etlplus_reference.passwords import hash_password
 from etlplus_reference.root import FLAG_NAMES, write_json_atomic
+from etlverify.contract import CODE_STATUS, CORRELATION_ID_RE
 from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget, deep_merge, free_port
 
 if TYPE_CHECKING:
@@ -88,31 +89,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset(),
 }
 
-#: contract section 2: symbolic code -> HTTP status
-CODE_STATUS: dict[str, int] = {
-    "INVALID_INPUT": 400,
-    "MISSING_FIELD": 400,
-    "INVALID_RANGE": 400,
-    "UNAUTHORIZED": 401,
-    "TOKEN_EXPIRED": 401,
-    "FORBIDDEN": 403,
-    "ACCESS_DENIED": 403,
-    "JOB_NOT_FOUND": 404,
-    "NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-    "INVALID_JOB_STATE": 409,
-    "JOB_ALREADY_RUNNING": 409,
-    "CONSTRAINT_VIOLATION": 409,
-    "PAYLOAD_TOO_LARGE": 413,
-    "RATE_LIMIT_EXCEEDED": 429,
-    "INTERNAL_ERROR": 500,
-    "PROCESSING_FAILED": 500,
-    "COMPONENT_UNAVAILABLE": 503,
-    "DATABASE_ERROR": 503,
-    "THREAD_POOL_EXHAUSTED": 503,
-}
-
-CORRELATION_RE = re.compile(r"[0-9a-fA-F]{8,32}")
+CORRELATION_RE = CORRELATION_ID_RE
 _ISO_RE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from etlverify.contract import (
+    CODE_STATUS,
+    CORRELATION_ID_RE,
+    ERROR_FIELDS,
+    FLAG_BY_COMPONENT,
+    FLAG_NAMES,
+    KNOWN_BUCKETS,
+    fnv1a_bucket,
+)
+from etlverify.contract import LOG_LEVELS as LEVELS
+from etlverify.contract import TERMINAL_STATUSES as TERMINAL
+from etlverify.contract import (
+    TEXT_LOG_LINE_RE as TEXT_LINE_RE,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -60,60 +74,8 @@ __all__ = [
     "unexposed_user",
 ]
 
-_FNV_OFFSET = 1469598103934665603
-_FNV_PRIME = 1099511628211
-_MASK64 = (1 << 64) - 1
-
-#: rollback component name -> feature flag (contract section 11)
-FLAG_BY_COMPONENT: dict[str, str] = {
-    "logger": "new_logger_system",
-    "exception": "new_exception_system",
-    "request_handler": "new_request_handler",
-    "websocket": "new_websocket_manager",
-    "concurrency": "new_concurrency_patterns",
-    "types": "new_type_system",
-}
-FLAG_NAMES: tuple[str, ...] = tuple(FLAG_BY_COMPONENT.values())
-
-#: contract section 7's known buckets; the helper checks itself against them before judging a target
-KNOWN_BUCKETS: dict[str, float] = {
-    "user1": 64.51,
-    "user2": 46.62,
-    "alice": 63.25,
-    "bob": 54.58,
-    "": 56.03,
-}
-
-LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-
-#: contract section 9, TEXT line: `[YYYY-MM-DD HH:MM:SS.mmm] [LEVEL] [Component] message | k=v ...`
-TEXT_LINE_RE = re.compile(
-    r"^\[(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3})\] "
-    r"\[(?P<level>DEBUG|INFO|WARN|ERROR|FATAL)\] "
-    r"\[(?P<component>[^\]]+)\] (?P<message>.*)$"
-)
-
-#: contract section 2: an error body has exactly these fields, of these types
-ERROR_FIELDS: dict[str, type] = {
-    "status": str,
-    "code": str,
-    "message": str,
-    "correlationId": str,
-    "timestamp": str,
-    "context": dict,
-}
-
 #: the user sample of the statistical exposure check; fixed so that a verdict is reproducible
 _SAMPLE_PREFIX = "etlv-user-"
-
-
-def fnv1a_bucket(user_id: str) -> float:
-    """The user's rollout bucket: FNV-1a 64 over the UTF-8 bytes, `(hash % 10000) / 100`."""
-    h = _FNV_OFFSET
-    for byte in user_id.encode("utf-8"):
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
-    return (h % 10000) / 100
 
 
 def helper_self_check() -> list[str]:
@@ -606,30 +568,7 @@ def check_latency_impact(
     return result
 
 
-#: contract section 2: symbolic code -> HTTP status
-CODE_STATUS: dict[str, int] = {
-    "INVALID_INPUT": 400,
-    "MISSING_FIELD": 400,
-    "INVALID_RANGE": 400,
-    "UNAUTHORIZED": 401,
-    "TOKEN_EXPIRED": 401,
-    "FORBIDDEN": 403,
-    "ACCESS_DENIED": 403,
-    "JOB_NOT_FOUND": 404,
-    "NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-    "INVALID_JOB_STATE": 409,
-    "JOB_ALREADY_RUNNING": 409,
-    "CONSTRAINT_VIOLATION": 409,
-    "PAYLOAD_TOO_LARGE": 413,
-    "RATE_LIMIT_EXCEEDED": 429,
-    "INTERNAL_ERROR": 500,
-    "PROCESSING_FAILED": 500,
-    "COMPONENT_UNAVAILABLE": 503,
-    "DATABASE_ERROR": 503,
-    "THREAD_POOL_EXHAUSTED": 503,
-}
-_HEX_ID_RE = re.compile(r"[0-9a-fA-F]{8,32}")
+_HEX_ID_RE = CORRELATION_ID_RE
 
 
 def error_body_problems(resp: Any) -> list[str]:

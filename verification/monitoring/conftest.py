@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -56,15 +55,3 @@ def webhook() -> Iterator[WebhookReceiver]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-@pytest.fixture
-def exclusive_target() -> None:
-    """Skips under pytest-xdist: the test changes the target for every concurrent test (a restart,
-    authentication switched on, fault switches), which an xdist group cannot isolate."""
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if workers not in ("", "0", "1"):
-        pytest.skip(
-            f"changes the whole target (restart, auth or faults) while {workers} xdist workers "
-            "run other tests: run these without -n"
-        )

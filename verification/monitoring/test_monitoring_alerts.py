@@ -75,7 +75,7 @@ FAULTS: dict[str, tuple[dict[str, Any], str]] = {
 @pytest.mark.destructive
 @pytest.mark.checklist(ALERTS)
 @pytest.mark.parametrize("fault", [*FAULTS, "memory"])
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 def test_fault_raises_alert(
     *, fault: str, etl_faults: Any, etl_ops: Any, etl_api: Any, alerts: AlertsLog, etl_expect: Any
 ) -> None:

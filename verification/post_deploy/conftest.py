@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -71,15 +70,3 @@ def raw_http(etl_target: Any, etl_settings: Any) -> Iterator[httpx.Client]:
     timeout = float(getattr(etl_settings, "request_timeout", 10.0))
     with httpx.Client(base_url=etl_target.base_url, timeout=timeout) as client:
         yield client
-
-
-@pytest.fixture
-def exclusive_target() -> None:
-    """Skips under pytest-xdist: the test changes the target for every concurrent test (a restart,
-    authentication switched on, fault switches), which an xdist group cannot isolate."""
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if workers not in ("", "0", "1"):
-        pytest.skip(
-            f"changes the whole target (restart, auth or faults) while {workers} xdist workers "
-            "run other tests: run these without -n"
-        )

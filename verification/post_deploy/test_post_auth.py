@@ -165,7 +165,7 @@ def _enable_auth(
 
 
 @pytest.mark.destructive
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 def test_auth_switched_on_live_refuses_bad_tokens(
     *,
     auth_enabled: bool,
@@ -189,7 +189,7 @@ def test_auth_switched_on_live_refuses_bad_tokens(
 
 
 @pytest.mark.destructive
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 def test_expired_token_is_token_expired(
     raw_http: httpx.Client, etl_expect: Any, etl_config: Any, etl_settings: Any, etl_target: Any
 ) -> None:

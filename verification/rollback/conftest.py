@@ -108,7 +108,7 @@ def full_rollback(
     if etl_target.deploy_root is None:
         pytest.skip("needs --deploy-root (the rollback script lives in the deployment)")
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if workers not in ("", "0", "1"):  # module scope: set up before `exclusive_target` could skip
+    if workers not in ("", "0", "1"):  # module scope: set up before `etl_exclusive` could skip
         pytest.skip(f"restarts the target while {workers} xdist workers run: run without -n")
     profiles = getattr(etl_settings, "job_profiles", {}) or {}
     source = str(profiles.get("quick", "rows=200;batch=50;delay_ms=5"))
@@ -166,15 +166,3 @@ def _health_ok(etl_api: Any) -> bool:
         return bool(etl_api.get("/api/health", timeout=2).status_code == 200)
     except Exception:
         return False
-
-
-@pytest.fixture
-def exclusive_target() -> None:
-    """Skips under pytest-xdist: the test changes the target for every concurrent test (a restart,
-    authentication switched on, fault switches), which an xdist group cannot isolate."""
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if workers not in ("", "0", "1"):
-        pytest.skip(
-            f"changes the whole target (restart, auth or faults) while {workers} xdist workers "
-            "run other tests: run these without -n"
-        )

@@ -212,7 +212,7 @@ def test_reduced_functionality_after_partial_rollback(
     )
 
 
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.checklist(RUN_FULL)
 def test_full_rollback_succeeds(full_rollback: FullRollback, etl_expect: Any) -> None:
     """Run `deployment/rollback.sh full`: exit 0, within its time, flags in the safe state."""
@@ -234,7 +234,7 @@ def test_full_rollback_succeeds(full_rollback: FullRollback, etl_expect: Any) ->
     )
 
 
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.checklist(RESTART)
 def test_restart_replaces_the_process_and_keeps_jobs(
     full_rollback: FullRollback, etl_api: Any, etl_expect: Any
@@ -272,7 +272,7 @@ def test_restart_replaces_the_process_and_keeps_jobs(
     )
 
 
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.checklist(RECOVERY)
 def test_recovery_is_monitored(full_rollback: FullRollback, etl_api: Any, etl_expect: Any) -> None:
     """Monitor system recovery: healthy right after the restart; `rollback.sh health` exit 0."""
@@ -293,7 +293,7 @@ def test_recovery_is_monitored(full_rollback: FullRollback, etl_api: Any, etl_ex
     etl_expect.status(ready, 200)
 
 
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.checklist(STABILITY)
 def test_stable_after_full_rollback(
     full_rollback: FullRollback, etl_api: Any, etl_expect: Any, etl_jobs: Any
@@ -319,7 +319,7 @@ def test_stable_after_full_rollback(
     )
 
 
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.checklist(RESTORE)
 def test_restore_from_backup(
     *,

@@ -104,7 +104,7 @@ def test_error_rate_is_not_rising(etl_api: Any, etl_expect: Any, read_metrics: A
 
 @pytest.mark.monitoring
 @pytest.mark.destructive
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.checklist(ERROR_RATE)
 def test_error_rate_rise_is_detected(
     etl_api: Any, etl_expect: Any, read_metrics: Any, etl_faults: Any
@@ -128,7 +128,7 @@ def test_error_rate_rise_is_detected(
 
 
 @pytest.mark.destructive
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.performance
 @pytest.mark.checklist(LATENCY)
 def test_response_time_degradation_is_detected(
@@ -208,7 +208,7 @@ def test_database_connection_failures_are_rare(
 
 @pytest.mark.monitoring
 @pytest.mark.destructive
-@pytest.mark.usefixtures("exclusive_target")
+@pytest.mark.usefixtures("etl_exclusive")
 @pytest.mark.checklist(DB_FAILURES)
 def test_database_failures_are_detected(
     etl_api: Any, etl_expect: Any, read_metrics: Any, etl_faults: Any

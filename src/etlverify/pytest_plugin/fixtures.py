@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "etl_api",
     "etl_config",
     "etl_deploy_root",
+    "etl_exclusive",
     "etl_expect",
     "etl_faults",
     "etl_flags",
@@ -214,3 +216,15 @@ def etl_faults(
     # a test may have crashed the target on purpose; teardown must not hide its result
     with contextlib.suppress(TargetError, CheckFailed):
         control.clear()
+
+
+@pytest.fixture
+def etl_exclusive() -> None:
+    """Skips under pytest-xdist: the test changes the whole target (a restart, authentication
+    switched on, fault switches), which no xdist group can isolate from the other workers."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if workers not in ("", "0", "1"):
+        pytest.skip(
+            f"changes the whole target (restart, auth or faults) while {workers} xdist workers "
+            "run other tests: run these without -n"
+        )

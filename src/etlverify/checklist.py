@@ -51,6 +51,8 @@ class Item:
     automation: str
     signed_by: str = ""
     reason: str = ""
+    #: the checklist marks it optional: when its checks skip (not set up), it is n/a, not undecided
+    optional: bool = False
 
     @property
     def automated(self) -> bool:
@@ -186,8 +188,12 @@ class Checklist:
             elif kinds & {"passed", "xpassed"}:
                 out.append(ItemResult(item, ItemStatus.PASSED, tests))
             else:
-                reasons = sorted({t.reason for t in tests if t.reason})
-                out.append(ItemResult(item, ItemStatus.SKIPPED, tests, "; ".join(reasons)))
+                reasons = "; ".join(sorted({t.reason for t in tests if t.reason}))
+                if item.optional:  # an optional item not set up: n/a, not a gap to decide on
+                    why = f"optional, not set up: {reasons or 'skipped'}"
+                    out.append(ItemResult(item, ItemStatus.NOT_APPLICABLE, tests, why))
+                else:
+                    out.append(ItemResult(item, ItemStatus.SKIPPED, tests, reasons))
         return out
 
 
@@ -216,6 +222,7 @@ def _item(raw: Any, index: int) -> Item:
         automation=raw["automation"],
         signed_by=str(raw.get("signed_by", "")),
         reason=str(raw.get("reason", "")),
+        optional=raw.get("optional") is True,
     )
 
 

@@ -39,7 +39,7 @@ def test_ws_never_answers(etl_target):
     from etlverify.errors import TargetError
     raise TargetError(f"WebSocket {etl_target.ws_url}: no message within 3 s")
 
-@pytest.mark.checklist("pre.3_monitoring_setup.set_up_slack")
+@pytest.mark.checklist("pre.3_monitoring_setup.configure_log_rotation")
 def test_skipped(etl_target):
     pytest.skip("optional: no Slack webhook configured")
 
@@ -126,7 +126,7 @@ def test_summary_lists_checklist_items(embedded_run: InnerRun) -> None:
             "checklist items: 2 passed, 2 failed, 1 skipped, * manual, * n/a, * not run (of 131)",
             "FAILED  post.1_functional_testing.job_types_create: Test all ETL job types*",
             "    failed   test_suite.py::test_wrong_expectation",
-            "SKIPPED pre.3_monitoring_setup.set_up_slack: optional: no Slack webhook configured",
+            "SKIPPED pre.3_monitoring_setup.configure_log_rotation: optional: no Slack webhook*",
             "reports: *report.html, *junit.xml, *checklist_results.json",
         ]
     )
@@ -147,7 +147,7 @@ def test_reports_written(embedded_run: InnerRun) -> None:
     status = {i["id"]: i["status"] for i in data["items"]}
     assert status["post.1_functional_testing.validate_error_handling"] == "passed"
     assert status["post.1_functional_testing.job_types_create"] == "failed"
-    assert status["pre.3_monitoring_setup.set_up_slack"] == "skipped"
+    assert status["pre.3_monitoring_setup.configure_log_rotation"] == "skipped"
     assert status["comms.post_deployment.document_lessons_learned"] == "manual"
     assert data["target"]["embedded"] is True
     assert data["counts"]["failed"] == 2

@@ -181,3 +181,16 @@ def test_build_items_covers_the_whole_checklist_in_order() -> None:
     manual = [i for i in items if i.automation == "manual"]
     assert manual
     assert all(i.status is Status.MANUAL and not i.in_scope for i in manual)
+
+
+def test_optional_item_not_set_up_is_not_applicable() -> None:
+    """An item the checklist marks optional, whose checks skip (not set up), does not make the run
+    INCOMPLETE: it is n/a with the skip's reason. A non-optional item stays skipped."""
+    optional = Item("pre.x.s", "S", "H", "", "Slack (optional)", "automated", optional=True)
+    tests = [t("skipped", "no Slack webhook configured", name="test_slack")]
+    status, reason = item_status(optional, tests)
+    assert status is Status.NOT_APPLICABLE
+    assert "optional, not set up: no Slack webhook configured" in reason
+    assert item_status(AUTO, tests)[0] is Status.SKIPPED
+    slack = [i for i in load_checklist().items if i.id == "pre.3_monitoring_setup.set_up_slack"]
+    assert slack[0].optional

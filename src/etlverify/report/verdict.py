@@ -118,6 +118,9 @@ def item_status(
         return Status.PASSED, note + (f": {'; '.join(reasons)}" if reasons else "")
     if kinds <= {NOT_RUN}:
         return Status.NOT_RUN, "selected, but the run ended before its tests ran"
+    if item.optional:
+        # "Set up Slack webhook for alerts (optional)": not set up is a choice, not a gap
+        return Status.NOT_APPLICABLE, "optional, not set up: " + ("; ".join(reasons) or "skipped")
     return Status.SKIPPED, "; ".join(reasons) or "skipped"
 
 

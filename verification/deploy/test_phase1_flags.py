@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from etlverify.contract import KNOWN_BUCKETS, fnv1a_bucket
+from etlverify.contract import FLAG_NAMES, KNOWN_BUCKETS, fnv1a_bucket
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -16,15 +16,6 @@ if TYPE_CHECKING:
     from etlverify.client import EtlClient, Expect
 
 pytestmark = [pytest.mark.deploy, pytest.mark.functional, pytest.mark.deployment_state]
-
-FLAG_NAMES = (
-    "new_logger_system",
-    "new_exception_system",
-    "new_request_handler",
-    "new_websocket_manager",
-    "new_concurrency_patterns",
-    "new_type_system",
-)
 
 
 @pytest.mark.checklist("deploy.phase1.1_3_feature_flag.feature_flag_loading")

@@ -8,21 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from etlverify.contract import FLAG_NAMES
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from etlverify.client import EtlClient, Expect
 
 pytestmark = [pytest.mark.pre_deploy, pytest.mark.functional, pytest.mark.deployment_state]
-
-FLAG_NAMES = (
-    "new_logger_system",
-    "new_exception_system",
-    "new_request_handler",
-    "new_websocket_manager",
-    "new_concurrency_patterns",
-    "new_type_system",
-)
 
 
 def _flags_file(root: Path) -> Path:

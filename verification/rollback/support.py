@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from etlverify.contract import FLAG_BY_COMPONENT, FLAG_NAMES
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
@@ -34,15 +36,7 @@ __all__ = [
 ]
 
 #: contract section 11 component -> section 7 flag
-COMPONENT_FLAGS: dict[str, str] = {
-    "logger": "new_logger_system",
-    "exception": "new_exception_system",
-    "request_handler": "new_request_handler",
-    "websocket": "new_websocket_manager",
-    "concurrency": "new_concurrency_patterns",
-    "types": "new_type_system",
-}
-FLAG_NAMES = tuple(COMPONENT_FLAGS.values())
+COMPONENT_FLAGS = FLAG_BY_COMPONENT
 
 UNAVAILABLE_LIMIT_S = 300.0  # "System crashes or unavailability > 5 minutes"
 ERROR_RATE_FACTOR = 3.0  # "Error rate increases > 200% from baseline": above 3x the baseline

@@ -93,6 +93,21 @@ class OpenLoad:
         if self.max_concurrency < 1 or self.timeout_s <= 0:
             raise ValueError("max_concurrency must be >= 1 and timeout_s > 0")
 
+    def parameters(self, routes: Sequence[str]) -> LoadParameters:
+        """The `LoadParameters` a run of this shape over `routes` reports (and a baseline keeps)."""
+        return LoadParameters(
+            model="open",
+            duration_s=self.duration_s,
+            windows=self.windows,
+            rate_rps=self.rate_rps,
+            poisson=self.poisson,
+            max_concurrency=self.max_concurrency,
+            max_requests=self.max_requests,
+            timeout_s=self.timeout_s,
+            identities=self.identities,
+            routes=tuple(sorted(routes)),
+        )
+
 
 @dataclass(frozen=True)
 class ClosedLoad:
@@ -115,6 +130,20 @@ class ClosedLoad:
         if self.users < 1 or self.duration_s <= 0 or self.windows < 1 or self.timeout_s <= 0:
             raise ValueError("users >= 1, duration_s > 0, windows >= 1 and timeout_s > 0 needed")
 
+    def parameters(self, routes: Sequence[str]) -> LoadParameters:
+        """The `LoadParameters` a run of this shape over `routes` reports (and a baseline keeps)."""
+        return LoadParameters(
+            model="closed",
+            duration_s=self.duration_s,
+            windows=self.windows,
+            users=self.users,
+            think_time_s=self.think_time_s,
+            max_requests=self.max_requests,
+            timeout_s=self.timeout_s,
+            identities=self.users if self.identities else 0,
+            routes=tuple(sorted(routes)),
+        )
+
 
 def identity_address(client_index: int) -> str:
     """A stable private address for virtual client `client_index` (10.x.y.z, never .0)."""
@@ -130,6 +159,16 @@ def _pick(requests: RequestSource, i: int) -> RequestSpec:
 
 def _routes(requests: RequestSource) -> tuple[str, ...]:
     return () if callable(requests) else tuple(sorted({r.metric for r in requests}))
+
+
+async def _finish_by(tasks: set[asyncio.Task[None]], hard_deadline: float) -> None:
+    """Wait for `tasks` until `hard_deadline` (perf_counter), then cancel what is left."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, hard_deadline - time.perf_counter()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def send_one(
@@ -240,30 +279,13 @@ async def run_open(client: httpx.AsyncClient, requests: RequestSource, load: Ope
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.add(asyncio.create_task(one(i, offset)))
-        if tasks:
-            _, pending = await asyncio.wait(
-                tasks, timeout=max(0.0, hard_deadline - time.perf_counter())
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await _finish_by(tasks, hard_deadline)
     finally:
         trace = await sampler.stop() if sampler else None
     end = max(time.perf_counter() - start, load.duration_s)
     return RunResult(
         metrics=rec.results(),
-        load=LoadParameters(
-            model="open",
-            duration_s=load.duration_s,
-            windows=load.windows,
-            rate_rps=load.rate_rps,
-            poisson=load.poisson,
-            max_concurrency=load.max_concurrency,
-            max_requests=load.max_requests,
-            timeout_s=load.timeout_s,
-            identities=load.identities,
-            routes=_routes(requests),
-        ),
+        load=load.parameters(_routes(requests)),
         started_at=started_at,
         duration_s=round(end, 6),
         late=counters["late"],
@@ -325,29 +347,13 @@ async def run_closed(
     if sampler:
         sampler.start()
     try:
-        tasks = [asyncio.create_task(user(u)) for u in range(load.users)]
-        _, pending = await asyncio.wait(
-            tasks, timeout=max(0.0, hard_deadline - time.perf_counter())
-        )
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await _finish_by({asyncio.create_task(user(u)) for u in range(load.users)}, hard_deadline)
     finally:
         trace = await sampler.stop() if sampler else None
     end = max(time.perf_counter() - start, load.duration_s)
     return RunResult(
         metrics=rec.results(),
-        load=LoadParameters(
-            model="closed",
-            duration_s=load.duration_s,
-            windows=load.windows,
-            users=load.users,
-            think_time_s=load.think_time_s,
-            max_requests=load.max_requests,
-            timeout_s=load.timeout_s,
-            identities=load.users if load.identities else 0,
-            routes=_routes(requests),
-        ),
+        load=load.parameters(_routes(requests)),
         started_at=started_at,
         duration_s=round(end, 6),
         longest_outage_s=longest_outage(events, end),

@@ -345,10 +345,10 @@ class PerfPlan:
     def load_parameters(self, group: str) -> LoadParameters | None:
         """The `LoadParameters` a group's run reports (None for the WebSocket probes)."""
         if group == "routes":
-            return _params(self.routes, ROUTE_METRICS)
+            return self.routes.parameters(ROUTE_METRICS)
         if group in ("users", "pool"):
             load_ = self.users if group == "users" else self.pool
-            return _params(load_, (USERS_METRIC if group == "users" else POOL_METRIC,))
+            return load_.parameters((USERS_METRIC if group == "users" else POOL_METRIC,))
         return None
 
     def fingerprint_load(self) -> dict[str, Any]:
@@ -359,34 +359,6 @@ class PerfPlan:
             out[group] = params.to_json() if params else self.ws.to_json()
         out["sample_interval_s"] = self.sample_interval_s
         return out
-
-
-def _params(load_: OpenLoad | ClosedLoad, routes: Sequence[str]) -> LoadParameters:
-    """The same `LoadParameters` that run_open/run_closed put in their result."""
-    if isinstance(load_, OpenLoad):
-        return LoadParameters(
-            model="open",
-            duration_s=load_.duration_s,
-            windows=load_.windows,
-            rate_rps=load_.rate_rps,
-            poisson=load_.poisson,
-            max_concurrency=load_.max_concurrency,
-            max_requests=load_.max_requests,
-            timeout_s=load_.timeout_s,
-            identities=load_.identities,
-            routes=tuple(sorted(routes)),
-        )
-    return LoadParameters(
-        model="closed",
-        duration_s=load_.duration_s,
-        windows=load_.windows,
-        users=load_.users,
-        think_time_s=load_.think_time_s,
-        max_requests=load_.max_requests,
-        timeout_s=load_.timeout_s,
-        identities=load_.users if load_.identities else 0,
-        routes=tuple(sorted(routes)),
-    )
 
 
 def group_of(metric: str) -> str:

@@ -22,7 +22,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -47,7 +47,13 @@ from etlplus_reference.errors import (
     now_iso,
     valid_correlation_id,
 )
-from etlplus_reference.faults import FAULT_PATH, Faults
+from etlplus_reference.faults import (
+    EXIT_AFTER_JOB_STATUS,
+    FAULT_PATH,
+    QUERY_400_BODY,
+    Faults,
+    non_json_error_body,
+)
 from etlplus_reference.flags import (
     Flags,
     active_names,
@@ -166,7 +172,9 @@ class _FileWatch:
 class Server:
     """The state of one running server; routes and the gateway reach everything through it."""
 
-    def __init__(self, root: Path, *, enable_faults: bool) -> None:
+    def __init__(
+        self, root: Path, *, enable_faults: bool, hostile: Mapping[str, Any] | None = None
+    ) -> None:
         self.root = DeploymentRoot(root.resolve())
         self.config: Config = load_config(self.root.config_file)
         self.flags: Flags = load_flags(self.root.flags_file)
@@ -178,7 +186,7 @@ class Server:
             max_file_size=cfg.log_max_file_size,
             max_backup_files=cfg.log_max_backup_files,
         )
-        self.faults: Faults | None = Faults() if enable_faults else None
+        self.faults: Faults | None = Faults(hostile) if enable_faults else None
         self.db = Database(
             self.root.resolve(cfg.db_path),
             pool_size=cfg.db_pool_size,
@@ -228,6 +236,11 @@ class Server:
             config_sha256=self.config.sha256[:12],
             faults=self.faults is not None,
         )
+        if self.faults is not None and self.faults.hostile_on:
+            on = {k: v for k, v in self.faults.state["hostile"].items() if v not in (None, False)}
+            self.journal.warn(
+                "Faults", "Hostile modes on", modes=",".join(f"{k}={v}" for k, v in on.items())
+            )
 
     async def shutdown(self) -> None:
         """Stop tasks and runners, close WebSockets, the database and the log."""
@@ -404,6 +417,12 @@ class Gateway:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         srv = self.server
+        faults = srv.faults
+        if faults is not None and faults.query_string_400 and scope.get("query_string"):
+            scope[_ERR_KEY] = ("-", "hostile query_string_400: any query string refused")
+            bad_query = Response(QUERY_400_BODY, 400, media_type="application/json")
+            await _deny(WebSocket(scope, receive, send), bad_query)
+            return
         if srv.config.auth_enabled:
             headers = dict(scope["headers"])
             token = None
@@ -423,7 +442,7 @@ class Gateway:
             except ApiError as err:
                 scope[_CID_KEY] = new_correlation_id()
                 ws = WebSocket(scope, receive, send)
-                await _deny(ws, error_response(scope, err))
+                await _deny(ws, error_response(scope, err), srv.faults)
                 srv.journal.warn(
                     "WebSocket", f"Upgrade refused: {err.code}", correlationId=scope[_CID_KEY]
                 )
@@ -456,15 +475,21 @@ class Gateway:
         path: str = scope["path"]
         started = False
         t0 = time.perf_counter()
+        # hostile non_json_errors: 0 off, else the error status whose HTML body replaces the
+        # JSON one (-1 once sent: the rest of the original body is dropped)
+        mangle = 0
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
+            nonlocal started, mangle
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", []), *extra]
                 status = message["status"]
                 if status >= 400:
                     self._log_error(scope, status, cid, path)
+                    if srv.faults is not None and srv.faults.non_json_errors:
+                        mangle = status
+                        _non_json_error_start(message)
                 elif srv.journal.enabled("DEBUG"):
                     srv.journal.debug(
                         "HTTP",
@@ -472,6 +497,15 @@ class Gateway:
                         correlationId=cid,
                         ms=round((time.perf_counter() - t0) * 1000, 2),
                     )
+            elif mangle:
+                if mangle < 0:
+                    return
+                message = {
+                    "type": "http.response.body",
+                    "body": non_json_error_body(mangle),
+                    "more_body": False,
+                }
+                mangle = -1
             await send(message)
 
         limit = srv.config.max_body_bytes
@@ -502,9 +536,16 @@ class Gateway:
                 )
             faults = srv.faults
             if faults is not None and faults.active:
-                delay = faults.latency_s(path)
+                if (
+                    faults.query_string_400
+                    and scope.get("query_string")
+                    and not path.startswith(FAULT_PATH)
+                ):
+                    await _query_string_400(scope, send_wrapper)
+                    return
+                delay = faults.latency_s(path, scope["method"])
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await faults.sleep(delay)
                 status = faults.error_status(path)
                 if status is not None:
                     raise ApiError(
@@ -570,6 +611,37 @@ class Gateway:
         )
 
 
+def _non_json_error_start(message: Message) -> None:
+    """hostile non_json_errors: the error's headers, re-typed for the HTML body that replaces it."""
+    status = message["status"]
+    body_len = len(non_json_error_body(status))
+    message["headers"] = [
+        *(
+            (k, v)
+            for k, v in message["headers"]
+            if k.lower() not in (b"content-type", b"content-length")
+        ),
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-length", str(body_len).encode("ascii")),
+    ]
+
+
+async def _query_string_400(scope: Scope, send: Send) -> None:
+    """hostile query_string_400: a 400 whose body is not the contract's error shape."""
+    scope[_ERR_KEY] = ("-", "hostile query_string_400: any query string refused")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(QUERY_400_BODY)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": QUERY_400_BODY, "more_body": False})
+
+
 async def _drain(receive: Receive) -> None:
     # Read the rest of a refused body so the client can finish sending and then read our answer.
     total = 0
@@ -582,8 +654,14 @@ async def _drain(receive: Receive) -> None:
             return
 
 
-async def _deny(ws: WebSocket, response: Response) -> None:
-    """Refuse a WebSocket upgrade with an HTTP answer (or a plain close where unsupported)."""
+async def _deny(ws: WebSocket, response: Response, faults: Faults | None = None) -> None:
+    """Refuse a WebSocket upgrade with an HTTP answer (or a plain close where unsupported).
+
+    With the hostile `non_json_errors` mode, the answer keeps its status with an HTML body.
+    """
+    if faults is not None and faults.non_json_errors:
+        status = response.status_code
+        response = Response(non_json_error_body(status), status, media_type="text/html")
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         await ws.send_denial_response(response)
     else:
@@ -776,6 +854,14 @@ def _job_routes() -> list[Route]:
             _require_db(srv)
             body = await read_json(request)
             job = await srv.jobs.create(body)
+            if srv.faults is not None and srv.faults.exit_after_first_job_s is not None:
+                srv.faults.job_created(
+                    lambda delay: srv.journal.fatal(
+                        "Faults",
+                        f"Hostile exit armed: exiting with status {EXIT_AFTER_JOB_STATUS} in "
+                        f"{delay:g} s (first job {job.job_id})",
+                    )
+                )
             return json_response(
                 {"job_id": job.job_id, "status": job.status, "type": job.type}, 201
             )
@@ -982,7 +1068,7 @@ async def _ws_endpoint(ws: WebSocket) -> None:
             headers={"Retry-After": "1"},
         )
         srv.journal.warn("WebSocket", "Upgrade refused: max connections reached", correlationId=cid)
-        await _deny(ws, error_response(ws.scope, err))
+        await _deny(ws, error_response(ws.scope, err), srv.faults)
         return
     await srv.hub.serve(ws)
 
@@ -1016,9 +1102,17 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     return error_response(request.scope, err)
 
 
-def create_app(root: Path, *, enable_faults: bool = False) -> Starlette:
-    """The ASGI app for deployment `root`; raises ConfigError (one line) for bad config/flags."""
-    server = Server(root, enable_faults=enable_faults)
+def create_app(
+    root: Path, *, enable_faults: bool = False, hostile: Mapping[str, Any] | None = None
+) -> Starlette:
+    """The ASGI app for deployment `root`; raises ConfigError (one line) for bad config/flags.
+
+    `hostile` (only with `enable_faults`) is the initial `hostile` section of the fault settings
+    (`serve --hostile`); ValueError when a mode is given without `enable_faults`.
+    """
+    if hostile and not enable_faults:
+        raise ValueError("hostile modes need enable_faults=True")
+    server = Server(root, enable_faults=enable_faults, hostile=hostile)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

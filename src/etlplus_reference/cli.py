@@ -102,6 +102,33 @@ def _count(text: str) -> int:
     return value
 
 
+def _hostile(text: str) -> tuple[str, object]:
+    from etlplus_reference.faults import parse_hostile_mode
+
+    try:
+        return parse_hostile_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_SERVE_EPILOG = """\
+fault injection (tests only, --enable-faults): the route /api/_faults reads (GET), merges (POST)
+and clears (DELETE) the faults: latency, errors, websocket drops/delay, memory growth, database
+failures, ignored config/flag changes, crash, and the `hostile` modes below.
+
+hostile modes (--hostile MODE, repeatable; imitate a misbehaving real build):
+  connection-cap=N           from the (N+1)-th connection since start: read, never answer or close
+  hang-after-error           after an error response (>= 400), that connection never answers again
+  non-json-errors            every error response keeps its status but has an HTML body
+  ws-handshake-hang          a WebSocket upgrade on /ws is read and never answered (no 101)
+  exit-after-first-job[=S]   exit (status 70) S seconds (default 1) after the first POST /api/jobs
+  query-string-400           any request with a query string gets 400 with a non-contract body
+
+exit codes: 0 clean shutdown; 1 server failure; 2 bad root/config/flags, port in use, or a server
+already running on this root
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands init, serve, monitor, rollback)."""
     parser = _Parser(
@@ -131,14 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the server",
         description="Run the server until SIGTERM/SIGINT.",
-        epilog="exit codes: 0 clean shutdown; 1 server failure; 2 bad root/config/flags, port in "
-        "use, or a server already running on this root",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--root", type=Path, required=True, help="the deployment root folder")
     serve.add_argument("--host", help="listen address (default: config server.host)")
     serve.add_argument("--port", type=_port, help="listen port (default: config server.port)")
     serve.add_argument(
-        "--enable-faults", action="store_true", help="enable the fault-injection test routes"
+        "--enable-faults",
+        action="store_true",
+        help="enable the fault-injection test route /api/_faults (tests only)",
+    )
+    serve.add_argument(
+        "--hostile",
+        action="append",
+        type=_hostile,
+        default=[],
+        metavar="MODE",
+        help="start with this hostile mode on (needs --enable-faults; repeatable; see below)",
     )
 
     common = _root_options()
@@ -259,6 +296,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             port=args.port,
             enable_faults=args.enable_faults,
             argv=tuple(argv),
+            hostile=tuple(args.hostile),
         )
     )
 
@@ -320,7 +358,12 @@ def _rollback(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(args_list)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.command == "serve" and args.hostile and not args.enable_faults:
+        parser.exit(
+            EXIT_USAGE, f"{PROG} serve: error: --hostile needs --enable-faults (see --help)\n"
+        )
     try:
         if args.command == "init":
             return _init(args)

@@ -4,25 +4,97 @@ The verification suite has to prove that it notices latency, error bursts, lost 
 memory growth, a failing database, ignored config/flag changes and a crash. `GET/POST/DELETE
 /api/_faults` read, merge and clear the settings below; the gateway, the database, the WebSocket hub
 and the file watchers consult them.
+
+The `hostile` section imitates a misbehaving real (C++) ETL Plus build, so the project's tests can
+prove the suite copes with a target that stops answering rather than one that answers wrongly. It
+is set at runtime through `/api/_faults` or at start-up with `serve --enable-faults --hostile MODE`:
+
+- `connection_cap: N` - from the (N+1)-th TCP connection accepted after the setting took effect
+  (after the start for `--hostile`), the server reads and ignores every byte and never answers or
+  closes (leaked connection slots). WebSocket connections count. Connections 1..N keep working.
+- `hang_after_error` - once an error response (status >= 400) was sent on a keep-alive connection,
+  nothing more is answered on that connection (no bytes, no close); new connections work.
+- `non_json_errors` - every error response keeps its status but gets an HTML body, not JSON.
+- `ws_handshake_hang` - a WebSocket upgrade on `/ws` is read, and the 101 is never sent.
+- `exit_after_first_job_s: S` - the process exits (status 70) S seconds after the first job that
+  `POST /api/jobs` creates (that POST is answered normally).
+- `query_string_400` - any request with a query string gets 400 with a non-contract body,
+  `{"error": "bad query"}`.
+
+The connection-level modes live in the HTTP protocol (`httpproto.py`), so their hangs are real: the
+socket stays open and silent, no task sleeps. Without `--enable-faults` none of this code runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 import random
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from etlplus_reference.errors import STATUS_CODE, ApiError
 
-__all__ = ["FAULT_PATH", "Faults"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = [
+    "EXIT_AFTER_JOB_STATUS",
+    "FAULT_PATH",
+    "HOSTILE_DEFAULT_EXIT_S",
+    "QUERY_400_BODY",
+    "Faults",
+    "hostile_defaults",
+    "non_json_error_body",
+    "parse_hostile_mode",
+]
 
 FAULT_PATH = "/api/_faults"
 _ERROR_STATUSES = tuple(s for s in STATUS_CODE if s != 405)  # 405 would need a real Allow set
 
+#: the exit status of `exit_after_first_job_s` (like `crash`: EX_SOFTWARE)
+EXIT_AFTER_JOB_STATUS = 70
+#: `--hostile exit-after-first-job` without `=SECONDS`
+HOSTILE_DEFAULT_EXIT_S = 1.0
+#: the smallest real delay of that exit, so that the job's POST is answered first even with 0
+_MIN_EXIT_DELAY_S = 0.05
+_MAX_CONNECTION_CAP = 1_000_000
+_MAX_EXIT_S = 86_400.0
+
+#: what `query_string_400` answers: a 400 whose body is not the contract's error shape
+QUERY_400_BODY = b'{"error": "bad query"}'
+
+
+def hostile_defaults() -> dict[str, Any]:
+    """The `hostile` section with every mode off."""
+    return {
+        "connection_cap": None,
+        "hang_after_error": False,
+        "non_json_errors": False,
+        "ws_handshake_hang": False,
+        "exit_after_first_job_s": None,
+        "query_string_400": False,
+    }
+
+
+def non_json_error_body(status: int) -> bytes:
+    """The HTML body `non_json_errors` puts in place of the contract's JSON error."""
+    return b"<html><body><h1>%d Internal error</h1></body></html>" % status
+
 
 def _defaults() -> dict[str, Any]:
     return {
-        "latency": {"ms": 0.0, "jitter_ms": 0.0, "fraction": 1.0, "route_prefix": None},
+        "hostile": hostile_defaults(),
+        "latency": {
+            "ms": 0.0,
+            "jitter_ms": 0.0,
+            "fraction": 1.0,
+            "route_prefix": None,
+            # per-route added latency, ms: {"GET /api/jobs": 1.3, "/api/health": 1.2}; the longest
+            # matching "METHOD /prefix" or "/prefix" key applies, on top of `ms`, slept precisely
+            "routes": {},
+        },
         "errors": {"fraction": 0.0, "status": 500, "route_prefix": None},
         "websocket": {"drop_fraction": 0.0, "delay_ms": 0.0},
         "memory_growth_mb_per_s": 0.0,
@@ -61,13 +133,78 @@ def _prefix(value: Any, field: str) -> str | None:
     return value
 
 
-class Faults:
-    """The current fault settings and the cheap questions the request path asks of them."""
+def _hostile_value(sub: str, value: Any, field: str) -> Any:
+    if sub == "connection_cap":
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= _MAX_CONNECTION_CAP
+        ):
+            raise _bad(field, f"an integer in 0-{_MAX_CONNECTION_CAP} or null")
+        return value
+    if sub == "exit_after_first_job_s":
+        return None if value is None else _number(value, field, 0, _MAX_EXIT_S)
+    if not isinstance(value, bool):
+        raise _bad(field, "true or false")
+    return value
 
-    def __init__(self) -> None:
+
+def parse_hostile_mode(text: str) -> tuple[str, Any]:
+    """One `--hostile MODE` of the command line as a (`hostile` key, value) pair.
+
+    MODE is `connection-cap=N`, `hang-after-error`, `non-json-errors`, `ws-handshake-hang`,
+    `exit-after-first-job[=SECONDS]` or `query-string-400`; ValueError (one line) otherwise.
+    """
+    name, eq, raw = text.strip().partition("=")
+    key = name.strip().replace("-", "_")
+    if key == "exit_after_first_job":
+        key = "exit_after_first_job_s"
+    known = hostile_defaults()
+    if key not in known:
+        modes = "connection-cap=N, hang-after-error, non-json-errors, ws-handshake-hang, "
+        modes += "exit-after-first-job[=SECONDS], query-string-400"
+        raise ValueError(f"unknown hostile mode {text!r} (one of {modes})")
+    if key == "connection_cap":
+        if not eq:
+            raise ValueError("connection-cap needs a value: connection-cap=N")
+        try:
+            value: Any = int(raw)
+        except ValueError:
+            raise ValueError(f"connection-cap must be an integer, got {raw!r}") from None
+    elif key == "exit_after_first_job_s":
+        try:
+            value = float(raw) if eq else HOSTILE_DEFAULT_EXIT_S
+        except ValueError:
+            raise ValueError(f"exit-after-first-job must be a number, got {raw!r}") from None
+    else:
+        if eq:
+            raise ValueError(f"hostile mode {name.strip()} takes no value")
+        value = True
+    try:
+        return key, _hostile_value(key, value, key)
+    except ApiError as exc:
+        raise ValueError(exc.message) from None
+
+
+class Faults:
+    """The current fault settings and the cheap questions the request path asks of them.
+
+    The hostile modes are also kept as plain attributes (`hostile_on`, `connection_cap`, ...), set
+    whenever the settings change, because the HTTP protocol asks them on every connection.
+    """
+
+    def __init__(self, hostile: Mapping[str, Any] | None = None) -> None:
         self.state: dict[str, Any] = _defaults()
         self.ballast: list[bytearray] = []
         self.active = False
+        #: TCP connections accepted since `connection_cap` took effect (counted by the protocol)
+        self.connections_seen = 0
+        self._exit_timer: asyncio.TimerHandle | None = None
+        self._apply_hostile()
+        if hostile:
+            self.merge({"hostile": dict(hostile)})
 
     def snapshot(self) -> dict[str, Any]:
         """GET body: the settings plus what has grown so far."""
@@ -78,10 +215,15 @@ class Faults:
         }
 
     def clear(self) -> None:
-        """DELETE: everything off, ballast released."""
+        """DELETE: everything off, ballast released, a pending hostile exit called off."""
         self.state = _defaults()
         self.ballast.clear()
         self.active = False
+        self.connections_seen = 0
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
+            self._exit_timer = None
+        self._apply_hostile()
 
     def merge(self, body: Any) -> None:
         """POST: validate the whole body first, then merge it into the settings (all or nothing)."""
@@ -89,7 +231,16 @@ class Faults:
             raise ApiError.field("INVALID_INPUT", "body", "body must be a JSON object")
         new = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.state.items()}
         for key, value in body.items():
-            if key in ("latency", "errors", "websocket"):
+            if key == "hostile":
+                if not isinstance(value, dict):
+                    raise _bad(key, "an object")
+                section = new[key]
+                for sub, subval in value.items():
+                    field = f"{key}.{sub}"
+                    if sub not in section:
+                        raise _bad(field, f"one of {', '.join(section)} (unknown field)")
+                    section[sub] = _hostile_value(sub, subval, field)
+            elif key in ("latency", "errors", "websocket"):
                 if not isinstance(value, dict):
                     raise _bad(key, "an object")
                 section = new[key]
@@ -112,13 +263,62 @@ class Faults:
                 new[key] = value
             else:
                 raise _bad(str(key), "a known fault setting")
+        hostile = body.get("hostile")
+        if isinstance(hostile, dict) and "connection_cap" in hostile:
+            self.connections_seen = 0  # the cap counts from the connections after this one
         self.state = new
         self.active = new != _defaults()
+        self._apply_hostile()
+
+    def _apply_hostile(self) -> None:
+        h = self.state["hostile"]
+        self.connection_cap: int | None = h["connection_cap"]
+        self.hang_after_error: bool = h["hang_after_error"]
+        self.non_json_errors: bool = h["non_json_errors"]
+        self.ws_handshake_hang: bool = h["ws_handshake_hang"]
+        self.exit_after_first_job_s: float | None = h["exit_after_first_job_s"]
+        self.query_string_400: bool = h["query_string_400"]
+        #: any hostile mode on: the one question asked on every connection and request
+        self.hostile_on = h != hostile_defaults()
+
+    def count_connection(self) -> bool:
+        """Count a newly accepted connection; True when it is over the cap (to be ignored)."""
+        cap = self.connection_cap
+        if cap is None:
+            return False
+        self.connections_seen += 1
+        return self.connections_seen > cap
+
+    def job_created(self, on_exit: Callable[[float], None] | None = None) -> None:
+        """After `POST /api/jobs` created a job: arm the hostile exit, once.
+
+        `on_exit(delay_s)` is called when the exit is armed (for the log line).
+        """
+        delay = self.exit_after_first_job_s
+        if delay is None or self._exit_timer is not None:
+            return
+        if on_exit is not None:
+            on_exit(delay)
+        self._exit_timer = asyncio.get_running_loop().call_later(
+            max(delay, _MIN_EXIT_DELAY_S), os._exit, EXIT_AFTER_JOB_STATUS
+        )
 
     @staticmethod
     def _validate(section: str, sub: str, value: Any, field: str) -> Any:
         if sub == "route_prefix":
             return _prefix(value, field)
+        if sub == "routes":
+            if not isinstance(value, dict):
+                raise _bad(field, "an object of 'METHOD /prefix' or '/prefix' -> ms")
+            out: dict[str, float] = {}
+            for key, ms in value.items():
+                method, _, prefix = str(key).rpartition(" ")
+                if not prefix.startswith("/") or (method and not method.isalpha()):
+                    raise _bad(f"{field}.{key}", "keyed 'METHOD /prefix' or '/prefix'")
+                out[f"{method.upper()} {prefix}" if method else prefix] = _number(
+                    ms, f"{field}.{key}", 0, 600_000
+                )
+            return out
         if sub == "status":
             if (
                 isinstance(value, bool)
@@ -139,14 +339,42 @@ class Faults:
             return path.startswith("/api/") and not path.startswith("/api/health")
         return path.startswith(prefix)
 
-    def latency_s(self, path: str) -> float:
+    def route_latency_s(self, path: str, method: str) -> float:
+        """The per-route added latency (`latency.routes`) of this request, in seconds."""
+        routes: dict[str, float] = self.state["latency"]["routes"]
+        if not routes or path.startswith(FAULT_PATH):
+            return 0.0
+        best, best_len = 0.0, -1
+        for key, ms in routes.items():
+            want, _, prefix = key.rpartition(" ")
+            if (not want or want == method.upper()) and path.startswith(prefix):
+                rank = len(prefix) * 2 + (1 if want else 0)
+                if rank > best_len:
+                    best, best_len = ms, rank
+        return best / 1000
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds`; with per-route latency set, precisely (the event loop's timers round
+        to whole milliseconds, too coarse for +25% of a 5 ms route): sleep to within 2 ms of
+        the deadline, then yield until it passes."""
+        if not self.state["latency"]["routes"]:
+            await asyncio.sleep(seconds)
+            return
+        deadline = time.perf_counter() + seconds
+        if seconds > 0.002:
+            await asyncio.sleep(seconds - 0.002)
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(0)
+
+    def latency_s(self, path: str, method: str = "") -> float:
         """Injected delay for this request, in seconds (0 when none)."""
         lat = self.state["latency"]
         if lat["ms"] <= 0 and lat["jitter_ms"] <= 0:
-            return 0.0
+            return self.route_latency_s(path, method)
+        extra = self.route_latency_s(path, method)
         if not self._applies(path, lat["route_prefix"]) or random.random() >= lat["fraction"]:
-            return 0.0
-        return float(lat["ms"] + random.uniform(0, lat["jitter_ms"])) / 1000
+            return extra
+        return extra + float(lat["ms"] + random.uniform(0, lat["jitter_ms"])) / 1000
 
     def error_status(self, path: str) -> int | None:
         """Injected error status for this request, or None."""

@@ -54,6 +54,8 @@ class ServeOptions:
     port: int | None = None
     enable_faults: bool = False
     argv: tuple[str, ...] = ()
+    #: the initial `hostile` fault settings (`--hostile MODE`), as (key, value) pairs
+    hostile: tuple[tuple[str, object], ...] = ()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -130,7 +132,9 @@ def serve(options: ServeOptions) -> int:
         from etlplus_reference.httpproto import contract_protocol
 
         try:
-            app = create_app(root.path, enable_faults=options.enable_faults)
+            app = create_app(
+                root.path, enable_faults=options.enable_faults, hostile=dict(options.hostile)
+            )
         except ConfigError as exc:
             raise OpsError(str(exc), EXIT_USAGE) from None
         uv_config = uvicorn.Config(

@@ -3,6 +3,9 @@
     locust -f loadtests/etl.py --headless            # defaults from locust.conf, embedded target
     locust -f loadtests/etl.py --headless -H http://etl.example:8080
     locust -f loadtests/etl.py --headless --etl-record   # append this run to the baseline
+    locust -f loadtests/etl.py                       # the web UI; the verdict when Locust quits
+    locust -f loadtests/etl.py --etl-help            # Locust's help with the --etl-* options
+    python loadtests/etl.py --help                   # the same
 
 Two user classes:
 
@@ -15,7 +18,7 @@ Two user classes:
 
 Every virtual user sends its own `X-Forwarded-For` identity (contract section 6: rate limits are per
 client). Options, recording, distributed merging and the verdict live in
-`etlverify.locust_support`; the exit codes are documented there.
+`etlverify.locust_support`; the exit codes are documented there and in docs/locust.md.
 """
 
 from __future__ import annotations
@@ -232,3 +235,20 @@ class EtlPushUser(_IdentityMixin, FastHttpUser):
             gate.fire_ws(self.environment, "push cancelled", cancelled, ended=received)
         except PushTimeout as exc:
             gate.fire_ws(self.environment, "push cancelled", cancelled, exception=exc)
+
+
+if __name__ == "__main__":
+    # `locust --help` answers before it imports a locustfile, so it cannot list the --etl-*
+    # options (locust#2917); run as a script, this file prints Locust's help with them.
+    import sys
+
+    from locust.argument_parser import get_parser
+
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        get_parser().print_help()
+        sys.exit(0)
+    sys.stderr.write(
+        "this is a locustfile: run `locust -f loadtests/etl.py [--headless]`; "
+        "`python loadtests/etl.py --help` lists the options\n"
+    )
+    sys.exit(2)

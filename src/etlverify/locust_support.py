@@ -19,8 +19,14 @@ This is the only module of etlverify that imports locust (ARCHITECTURE.md). A lo
   prints the verdict and the rollback triggers, writes ``reports/locust_summary.json``, optionally
   records the run into the baseline, stops the embedded target, and sets
   ``environment.process_exit_code``.
+- A run is judged only on complete evidence. Before anything else the master/local process
+  replaces the summary it will write with an INCOMPLETE "running" one (a run killed on the way
+  leaves no stale verdict behind). The master holds Locust's ``quit`` until every worker's final
+  report (sent after its users stopped) has arrived, at most ``--etl-worker-report-timeout``
+  seconds; a worker whose final report is missing, a run stopped before its ``--run-time``, or a
+  run the target rate-limited (HTTP 429) gets no baseline verdict.
 
-Exit codes (`EXIT_*`)::
+Exit codes (`EXIT_*`, docs/locust.md)::
 
     0  PASS (or INCONCLUSIVE without --etl-inconclusive-exit: a warning line is printed),
        or a run recorded with --etl-record
@@ -28,13 +34,17 @@ Exit codes (`EXIT_*`)::
        or --etl-record refused because the run had failed requests / checks
     2  usage or configuration error: a bad --etl-* option, a missing or broken baseline file
     3  target unreachable: --host does not answer /api/health, or the embedded target cannot start
-    4  INCONCLUSIVE, only with --etl-inconclusive-exit
+    4  INCOMPLETE: the run was interrupted (stopped before --run-time), a worker's final report is
+       missing, or no test was started; also INCONCLUSIVE with --etl-inconclusive-exit
+    5  RATE LIMITED: the target answered 429 to the load generator; the measurements are the
+       rate limiter's, not the service's (exempt the load generator or lower the load)
 
 Errors of kind 2 and 3 are one line on stderr (which option or file, what is wrong), no traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import itertools
@@ -43,9 +53,11 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
-from dataclasses import dataclass, replace
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -53,7 +65,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import gevent
 import httpx
 from locust import LoadTestShape
-from locust.runners import MasterRunner, WorkerRunner
+from locust.rpc import Message
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from websockets.sync.client import connect as ws_connect
 
 from etlverify.baseline import (
@@ -82,6 +95,7 @@ from etlverify.measure import (
     identity_address,
 )
 from etlverify.measure.sampler import METRICS_PATH, parse_metrics
+from etlverify.report.summary import run_identity
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -92,11 +106,28 @@ if TYPE_CHECKING:
     from locust.runners import Runner
     from websockets.sync.client import ClientConnection
 
+
+def _keep_trio_out() -> None:
+    """Under gevent's monkey-patching (``select.epoll`` removed) an installed `trio` fails to
+    import with AttributeError, which httpcore (imported by httpx's first client) does not catch:
+    every httpx call of a Locust process would fail. trio cannot run under gevent anyway, so it is
+    marked absent (httpcore then treats it as not installed)."""
+    import select
+
+    if "trio" not in sys.modules and not hasattr(select, "epoll"):
+        sys.modules["trio"] = None  # type: ignore[assignment]
+
+
+# before any httpx client is created (httpx imports httpcore lazily)
+_keep_trio_out()
+
 __all__ = [
     "AGGREGATE_METRIC",
     "EXIT_FAIL",
+    "EXIT_INCOMPLETE",
     "EXIT_INCONCLUSIVE",
     "EXIT_PASS",
+    "EXIT_RATE_LIMITED",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "SUMMARY_SCHEMA_VERSION",
@@ -106,6 +137,7 @@ __all__ = [
     "PushChannel",
     "PushTimeout",
     "RampShape",
+    "RateLimitLog",
     "WindowLayout",
     "WindowedRecorder",
     "add_options",
@@ -120,6 +152,9 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INCONCLUSIVE = 4
+#: The same code: an INCOMPLETE run (interrupted, a worker's final data missing) is never a pass.
+EXIT_INCOMPLETE = 4
+EXIT_RATE_LIMITED = 5
 
 SUMMARY_SCHEMA_VERSION = 1
 #: Every HTTP sample is also filed under this metric, like Locust's "Aggregated" row: it is the
@@ -134,24 +169,50 @@ DEFAULT_SUMMARY = "reports/locust_summary.json"
 SHAPES = ("constant", "ramp")
 PROBE_TIMEOUT_S = 5.0
 SAMPLER_INTERVAL_S = 2.0
+DEFAULT_WORKER_REPORT_TIMEOUT_S = 10.0
+#: A run that ends this much before its --run-time was interrupted (Ctrl-C, SIGTERM, a UI stop).
+INTERRUPT_SLACK_S = 1.0
+#: Contract section 6: fixed one-minute windows (used when the headers do not show the window).
+CONTRACT_RATE_WINDOW_S = 60
+OPTION_GROUP = "etlverify performance gate (docs/locust.md)"
 
 
 # --- options ---------------------------------------------------------------------------------
 
 
 def add_options(parser: Any) -> None:
-    """Add the ``--etl-*`` options to Locust's (configargparse) parser.
+    """Add the ``--etl-*`` options to Locust's (configargparse) parser, in a group of their own.
 
     Values are kept as strings and validated by `GateOptions.from_namespace`, so that every bad
     value gives the same one-line error (exit 2) instead of argparse's usage dump. They are hidden
     from the web UI: the gate is configured like a CI job, not per run in a browser.
+
+    `locust -f loadtests/etl.py --help` cannot list them: Locust answers ``--help`` before it
+    imports the locustfile, so no locustfile's ``init_command_line_parser`` listener has run
+    (locust#2917). ``--etl-help`` (and ``python loadtests/etl.py --help``) print Locust's whole
+    help with this group in it.
     """
+    group = parser.add_argument_group(
+        OPTION_GROUP,
+        "Also etl-* keys in locust.conf and LOCUST_ETL_* environment variables.",
+    )
 
     def opt(name: str, help_text: str, **kwargs: Any) -> None:
         env = "LOCUST_" + name.lstrip("-").upper().replace("-", "_")
-        # On the parser itself: only LocustArgumentParser.add_argument knows include_in_web_ui.
-        parser.add_argument(name, env_var=env, include_in_web_ui=False, help=help_text, **kwargs)
+        # argparse %-formats help texts: the tolerance examples' '%' must be doubled.
+        text = help_text.replace("%", "%%")
+        if kwargs.get("action") is None:
+            kwargs.setdefault("metavar", _METAVARS.get(name, "VALUE"))
+        action = group.add_argument(name, env_var=env, help=text, **kwargs)
+        # What LocustArgumentParser.add_argument(include_in_web_ui=False) sets; a group's
+        # add_argument does not know the keyword.
+        action.include_in_web_ui = False
 
+    group.add_argument(
+        "--etl-help",
+        action=_HelpAction,
+        help="show this help, with the --etl-* options, and exit",
+    )
     opt("--etl-baseline", f"baseline file (default {DEFAULT_BASELINE})", default=DEFAULT_BASELINE)
     opt(
         "--etl-tolerance",
@@ -187,6 +248,13 @@ def add_options(parser: Any) -> None:
     )
     opt("--etl-ws-timeout", "seconds to wait for a WebSocket push (default 5)", default="5")
     opt(
+        "--etl-worker-report-timeout",
+        "distributed runs: seconds the master waits at the end for every worker's final report "
+        f"(default {DEFAULT_WORKER_REPORT_TIMEOUT_S:g}); a worker that misses it makes the run "
+        "INCOMPLETE",
+        default=str(DEFAULT_WORKER_REPORT_TIMEOUT_S),
+    )
+    opt(
         "--etl-response-time-trigger",
         "the checklist's response-time rollback trigger as 'PCT%[,+FLOOR ms]' on p95 "
         "(default '50%,+1ms'; raise it only for tests on a noisy machine)",
@@ -194,8 +262,43 @@ def add_options(parser: Any) -> None:
     )
 
 
+_METAVARS = {
+    "--etl-baseline": "FILE",
+    "--etl-tolerance": "SPECS",
+    "--etl-windows": "N",
+    "--etl-warmup": "SECONDS",
+    "--etl-window-seconds": "SECONDS",
+    "--etl-alpha": "ALPHA",
+    "--etl-summary": "FILE",
+    "--etl-shape": "SHAPE",
+    "--etl-inject-latency-ms": "MS",
+    "--etl-ws-timeout": "SECONDS",
+    "--etl-worker-report-timeout": "SECONDS",
+    "--etl-response-time-trigger": "SPEC",
+}
+
+
 def _flag() -> dict[str, Any]:
     return {"action": "store_true", "default": False}
+
+
+class _HelpAction(argparse.Action):
+    """``--etl-help``: Locust's full help, including the locustfile's options, then exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.print_help()
+        parser.exit()
 
 
 @dataclass(frozen=True)
@@ -221,6 +324,10 @@ class GateOptions:
     users: int
     spawn_rate: float
     host: str | None
+    worker_report_timeout_s: float = DEFAULT_WORKER_REPORT_TIMEOUT_S
+    #: The run ends by itself (--headless or --autostart with --run-time): ending earlier is an
+    #: interruption. A run started from the web UI is ended by a person: not checked.
+    timed: bool = True
 
     @classmethod
     def from_namespace(cls, ns: Namespace) -> GateOptions:
@@ -270,6 +377,28 @@ class GateOptions:
             users=int(get("num_users") or 1),
             spawn_rate=float(get("spawn_rate") or 1.0),
             host=None if host is None else str(host).rstrip("/"),
+            worker_report_timeout_s=_number(
+                "--etl-worker-report-timeout",
+                get("etl_worker_report_timeout"),
+                DEFAULT_WORKER_REPORT_TIMEOUT_S,
+                0.0,
+                3600.0,
+            ),
+            timed=bool(run_time) and bool(get("headless") or get("autostart")),
+        )
+
+    def for_test(self, ns: Namespace | None) -> GateOptions:
+        """The options at a test's start: the web UI's form rewrites users, spawn rate and run
+        time in the parsed options before it starts a test."""
+        if ns is None:
+            return self
+        get = ns.__dict__.get
+        run_time = get("run_time")
+        return replace(
+            self,
+            run_time_s=float(run_time) if run_time else None,
+            users=int(get("num_users") or self.users),
+            spawn_rate=float(get("spawn_rate") or self.spawn_rate),
         )
 
     def layout(self, start_wall: float) -> WindowLayout:
@@ -429,6 +558,89 @@ class OutageTracker:
         return float(longest)
 
 
+def _int_header(headers: Any, name: str) -> int | None:
+    """An integer header of a Locust response (FastHttpUser or HttpUser), None when absent."""
+    try:
+        raw = headers.get(name)
+    except (AttributeError, TypeError):
+        return None
+    if raw is None:
+        return None
+    try:
+        return int(float(str(raw).strip()))
+    except ValueError:
+        return None
+
+
+class RateLimitLog:
+    """The 429 answers of a run, per metric, and the limit the target advertised with them.
+
+    Filled only for 429 answers (the request listener checks the status code and nothing else on
+    every other request), mergeable like the histograms: workers ship it to the master.
+    """
+
+    #: distinct X-RateLimit-Reset values kept (enough to see the window length)
+    MAX_RESETS = 16
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.limits: dict[str, int] = {}
+        self.resets: set[int] = set()
+        self.retry_after_max: int | None = None
+
+    @property
+    def total(self) -> int:
+        """429 answers over all metrics."""
+        return sum(self.counts.values())
+
+    def add(self, metric: str, response: object) -> None:
+        """Count one 429 answer to `metric` and read the target's rate-limit headers."""
+        self.counts[metric] = self.counts.get(metric, 0) + 1
+        headers = getattr(response, "headers", None)
+        if headers is None:
+            return
+        limit = _int_header(headers, "X-RateLimit-Limit")
+        if limit is not None:
+            self.limits[metric] = limit
+        reset = _int_header(headers, "X-RateLimit-Reset")
+        if reset is not None and len(self.resets) < self.MAX_RESETS:
+            self.resets.add(reset)
+        retry = _int_header(headers, "Retry-After")
+        if retry is not None:
+            self.retry_after_max = max(retry, self.retry_after_max or 0)
+
+    def merge(self, data: Mapping[str, Any]) -> None:
+        """Add another log's `to_json()`."""
+        for metric, count in dict(data.get("counts", {})).items():
+            self.counts[str(metric)] = self.counts.get(str(metric), 0) + int(count)
+        for metric, limit in dict(data.get("limits", {})).items():
+            self.limits[str(metric)] = int(limit)
+        for reset in list(data.get("resets", [])):
+            if len(self.resets) < self.MAX_RESETS:
+                self.resets.add(int(reset))
+        retry = data.get("retry_after_max")
+        if retry is not None:
+            self.retry_after_max = max(int(retry), self.retry_after_max or 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form (msgpack and JSON friendly)."""
+        return {
+            "counts": dict(self.counts),
+            "limits": dict(self.limits),
+            "resets": sorted(self.resets),
+            "retry_after_max": self.retry_after_max,
+        }
+
+    def window(self) -> tuple[int, str]:
+        """(window length in s, where it comes from): the spacing of the X-RateLimit-Reset values
+        seen (window ends), else the contract's one-minute window."""
+        ends = sorted(self.resets)
+        steps = [b - a for a, b in itertools.pairwise(ends) if b > a]
+        if steps:
+            return math.gcd(*steps), "X-RateLimit-Reset"
+        return CONTRACT_RATE_WINDOW_S, "the contract's one-minute window"
+
+
 class WindowedRecorder:
     """A `LatencyRecorder` filed by a `WindowLayout`, plus an `OutageTracker`.
 
@@ -441,6 +653,7 @@ class WindowedRecorder:
         self.layout = layout
         self.recorder = LatencyRecorder(windows=layout.windows, window_s=layout.window_s)
         self.outages = OutageTracker()
+        self.rate_limits = RateLimitLog()
         self.requests = 0
         self.failures = 0
         self.dropped_reports = 0
@@ -466,6 +679,7 @@ class WindowedRecorder:
         payload = self.payload()
         self.recorder = LatencyRecorder(windows=self.layout.windows, window_s=self.layout.window_s)
         self.outages = OutageTracker()
+        self.rate_limits = RateLimitLog()
         self.requests = self.failures = 0
         return payload
 
@@ -476,6 +690,7 @@ class WindowedRecorder:
             "windows": self.layout.windows,
             "metrics": {name: res.to_json() for name, res in self.recorder.results().items()},
             "outages": self.outages.to_json(),
+            "rate_limited": self.rate_limits.to_json(),
             "requests": self.requests,
             "failures": self.failures,
         }
@@ -498,6 +713,7 @@ class WindowedRecorder:
                 other.durations = list(self.recorder.durations)
                 self.recorder.add(other)
             self.outages.merge(dict(payload.get("outages", {})))
+            self.rate_limits.merge(dict(payload.get("rate_limited", {})))
             self.requests += int(payload.get("requests", 0))
             self.failures += int(payload.get("failures", 0))
         except (KeyError, TypeError, ValueError):
@@ -696,6 +912,70 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _iso(wall: float | None) -> str | None:
+    """ISO-8601 UTC with a Z, to the second (None stays None)."""
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _fact(value: object) -> str | None:
+    """A string fact of the target's status, or None."""
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass
+class WorkerSeen:
+    """What the master knows of one worker in this test: its reports and whether the final one,
+    sent after its users stopped, has arrived."""
+
+    client_id: str
+    index: int | None = None
+    host: str | None = None
+    pid: int | None = None
+    reports: int = 0
+    last_report_wall: float | None = None
+    final: bool = False
+    #: no longer connected to the master (no heartbeat) when the master waited for it
+    lost: bool = False
+
+    def name(self) -> str:
+        """``worker <client id> (index i, pid p)``: Locust's client id starts with the host name."""
+        extra = [f"index {self.index}"] if self.index is not None else []
+        if self.host and not self.client_id.startswith(self.host):
+            extra.append(f"host {self.host}")
+        if self.pid is not None:
+            extra.append(f"pid {self.pid}")
+        return f"worker {self.client_id}" + (f" ({', '.join(extra)})" if extra else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form for the summary."""
+        return {
+            "client_id": self.client_id,
+            "index": self.index,
+            "host": self.host,
+            "pid": self.pid,
+            "reports": self.reports,
+            "last_report_at": _iso(self.last_report_wall),
+            "final_report": self.final,
+            "lost": self.lost,
+        }
+
+
+@dataclass
+class _Findings:
+    """Why a run gets no baseline verdict: rate limiting (lines to print, summary object) and
+    incompleteness (one sentence per reason)."""
+
+    rate_lines: list[str] = field(default_factory=list)
+    rate_json: dict[str, Any] | None = None
+    incomplete: list[str] = field(default_factory=list)
+
+    @property
+    def unjudged(self) -> bool:
+        return bool(self.rate_lines or self.incomplete)
+
+
 class EtlGate:
     """The gate's state and listeners for one Locust process (see the module docstring)."""
 
@@ -714,6 +994,20 @@ class EtlGate:
         self._sampler: gevent.Greenlet | None = None
         self._t0 = 0.0
         self.judged = False
+        # identity and evidence
+        self.run_id = uuid.uuid4().hex
+        self.started_wall = time.time()
+        self.summary_path: Path | None = None
+        self.stopped_wall: float | None = None
+        # distributed: the master's view of its workers; a worker's "my users have stopped"
+        self.workers: dict[str, WorkerSeen] = {}
+        self.worker_stopped = False
+        self._holding_quit = False
+        self.final_wait_s: float | None = None
+        #: no --host: the embedded reference is (or was to be) the target
+        self.embedded = True
+        #: /api/health/status of the target at the test's start (for the identity block)
+        self.target_status: dict[str, Any] | None = None
 
     # listeners are registered in `install()`
 
@@ -732,15 +1026,26 @@ class EtlGate:
         return isinstance(getattr(self.environment, "runner", None), MasterRunner)
 
     def on_init(self, environment: Environment, runner: Runner | None = None, **_: Any) -> None:
-        """``init``: validate options; on master/local load the baseline and resolve the target."""
+        """``init``: supersede the old summary, validate options; on master/local load the
+        baseline and resolve the target."""
         self.environment = environment
         try:
-            if environment.parsed_options is None:
+            parsed = environment.parsed_options
+            if parsed is None:
                 return  # a library use of Environment without the CLI: nothing to gate
-            self.options = GateOptions.from_namespace(environment.parsed_options)
+            if not self.is_worker:
+                self.started_wall = time.time()
+                self.embedded = not getattr(parsed, "host", None)
+                raw = getattr(parsed, "etl_summary", None)
+                self.summary_path = Path(str(raw or DEFAULT_SUMMARY))
+                self._supersede()
+            self.options = GateOptions.from_namespace(parsed)
+            self.summary_path = self.options.summary
             self.options.layout(0.0)  # validates warm-up against run time before anything starts
             if self.is_worker:
                 return
+            if self.is_master:
+                self._hold_quit_for_final_reports(environment.runner)
             self._load_baseline()
             self._resolve_target()
             if self.options.shape == "ramp":
@@ -750,25 +1055,85 @@ class EtlGate:
         except SettingsError as exc:
             self._abort(EXIT_USAGE, f"etlverify: {exc}")
 
+    # --- the summary as evidence ------------------------------------------------------------
+
+    def identity(self, *, finished: bool) -> dict[str, Any]:
+        """This run's identity block (``run`` in the summary), built like the pytest run's
+        (`etlverify.report.summary.run_identity`): the same target gives the same fingerprint."""
+        status = self.target_status or {}
+
+        def sha(part: str) -> str | None:
+            value = status.get(part)
+            return _fact(value.get("sha256")) if isinstance(value, dict) else None
+
+        build = status.get("build")
+        return run_identity(
+            tool="locust",
+            run_id=self.run_id,
+            started_at=_iso(self.started_wall),
+            finished_at=_iso(time.time()) if finished else None,
+            target_url=self.host,
+            embedded=self.embedded,
+            target_version=_fact(status.get("version")),
+            build_commit=_fact(build.get("commit")) if isinstance(build, dict) else None,
+            config_sha256=sha("config"),
+            flags_sha256=sha("feature_flags"),
+        )
+
+    def _bare_summary(
+        self, *, code: int | None, reason: str, finished: bool, error: str | None = None
+    ) -> dict[str, Any]:
+        """A summary with no measurements: INCOMPLETE, with the reason."""
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "verdict": "INCOMPLETE",
+            "exit_code": code,
+            "reason": reason,
+            "error": error,
+            "incomplete": [reason],
+            "rate_limited": None,
+            "baseline": None if self.options is None else str(self.options.baseline),
+            "metrics": [],
+            "triggers": [],
+            "fingerprint": {},
+            "measured": [],
+            "messages": [],
+            "run": self.identity(finished=finished),
+        }
+
+    def _supersede(self) -> None:
+        """Replace the summary this run will write with an INCOMPLETE "running" one, before
+        anything else: a run that dies on the way must not leave an earlier verdict behind."""
+        path = self.summary_path
+        if path is None:
+            return
+        data = self._bare_summary(
+            code=None,
+            reason=(
+                f"the Locust run {self.run_id} started at {_iso(self.started_wall)} has not "
+                "finished: it is still running, or it was killed before it wrote its verdict"
+            ),
+            finished=False,
+        )
+        data["status"] = "running"
+        try:
+            _write_json_atomic(path, data)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            self.out(f"etlverify: warning: cannot write {path}: {exc.strerror or exc}")
+
     def _abort(self, code: int, message: str) -> NoReturn:
         """One line on stderr, a summary naming the error, and exit with `code` (no traceback)."""
         sys.stderr.write(message.rstrip() + "\n")
         sys.stderr.flush()
         self._stop_target()
-        summary = self.options.summary if self.options is not None else Path(DEFAULT_SUMMARY)
-        with contextlib.suppress(OSError, ValueError):
-            _write_json_atomic(
-                summary,
-                {
-                    "schema_version": SUMMARY_SCHEMA_VERSION,
-                    "verdict": None,
-                    "exit_code": code,
-                    "error": message,
-                    "metrics": [],
-                    "triggers": [],
-                    "fingerprint": {},
-                },
-            )
+        summary = self.summary_path or Path(DEFAULT_SUMMARY)
+        if not self.is_worker:
+            reason = message.strip().removeprefix("etlverify: ")
+            data = self._bare_summary(code=code, reason=reason, finished=True, error=message)
+            with contextlib.suppress(OSError, ValueError):
+                _write_json_atomic(summary, data)
         sys.exit(code)
 
     def _load_baseline(self) -> None:
@@ -861,13 +1226,24 @@ class EtlGate:
         if self.options is None:
             return
         parsed = environment.parsed_options
+        self.stopped_wall = None
         if self.is_worker:
+            self.worker_stopped = False
             raw = getattr(parsed, "etl_layout", None)
             layout = WindowLayout.from_json(raw) if isinstance(raw, dict) else None
             if layout is None:
                 layout = self.options.layout(time.time())
         else:
-            layout = self.options.layout(time.time())
+            self.options = self.options.for_test(parsed)
+            try:
+                layout = self.options.layout(time.time())
+            except SettingsError as exc:  # a run time from the web UI's form
+                self.options = replace(self.options, run_time_s=None, timed=False)
+                layout = self.options.layout(time.time())
+                self.out(
+                    f"etlverify: warning: {exc}; measuring in windows of {layout.window_s:g} s"
+                )
+            self.workers = {}
             # Custom attributes of parsed_options travel to workers in every spawn message,
             # which Locust sends right after this event.
             if parsed is not None:
@@ -876,6 +1252,16 @@ class EtlGate:
             self.fingerprint = self._collect_fingerprint()
         self.rec = WindowedRecorder(layout)
         self.judged = False
+
+    def on_test_stop(self, environment: Environment, **_: Any) -> None:
+        """``test_stop``: the users have stopped. A worker marks its next reports final; the
+        master/local runner notes when the load ended (the last window ends there)."""
+        if self.rec is None:
+            return
+        if self.is_worker:
+            self.worker_stopped = True
+        elif self.stopped_wall is None:
+            self.stopped_wall = time.time()
 
     def on_request(
         self,
@@ -890,13 +1276,20 @@ class EtlGate:
         start_time: float | None = None,
         **_: Any,
     ) -> None:
-        """``request``: file the sample under ``"<type> <name>"`` (and the HTTP aggregate)."""
+        """``request``: file the sample under ``"<type> <name>"`` (and the HTTP aggregate).
+
+        Per request this adds one status check to the recording: a 429 answer is also counted,
+        with the target's rate-limit headers, in `RateLimitLog`.
+        """
         rec = self.rec
         if rec is None:
             return
+        metric = f"{request_type} {name}"
+        if getattr(response, "status_code", None) == 429:
+            rec.rate_limits.add(metric, response)
         started = start_time if start_time is not None else time.time() - response_time / 1000
         error = None if exception is None else _error_kind(exception, response)
-        rec.on_request(f"{request_type} {name}", response_time, started, error)
+        rec.on_request(metric, response_time, started, error)
         if request_type != "WS":
             window = rec.layout.window_of(started)
             if window is not None:
@@ -906,15 +1299,98 @@ class EtlGate:
                     rec.recorder.record_error(AGGREGATE_METRIC, error, window=window)
 
     def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
-        """``report_to_master`` (worker): ship what was recorded since the last report."""
+        """``report_to_master`` (worker): ship what was recorded since the last report; a report
+        sent after this worker's users stopped is marked final (nothing can follow it)."""
         if self.rec is not None:
-            data[PAYLOAD_KEY] = self.rec.drain()
+            payload = self.rec.drain()
+            payload["final"] = self.worker_stopped
+            payload["host"] = socket.gethostname()
+            payload["pid"] = os.getpid()
+            data[PAYLOAD_KEY] = payload
 
     def on_worker_report(self, client_id: str, data: Mapping[str, Any], **_: Any) -> None:
         """``worker_report`` (master): merge a worker's histograms into the run's."""
         payload = data.get(PAYLOAD_KEY)
-        if self.rec is not None and isinstance(payload, dict):
-            self.rec.merge(payload)
+        if self.rec is None or not isinstance(payload, dict):
+            return
+        self.rec.merge(payload)
+        seen = self.workers.get(client_id)
+        if seen is None:
+            seen = self.workers[client_id] = WorkerSeen(
+                client_id, index=self._worker_index(client_id)
+            )
+        seen.reports += 1
+        seen.last_report_wall = time.time()
+        seen.final = bool(payload.get("final"))
+        host, pid = payload.get("host"), payload.get("pid")
+        seen.host = str(host) if isinstance(host, str) else seen.host
+        seen.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else seen.pid
+
+    def _worker_index(self, client_id: str) -> int | None:
+        runner = getattr(self.environment, "runner", None)
+        index_of = getattr(runner, "get_worker_index", None)
+        if index_of is None:
+            return None
+        try:
+            index = index_of(client_id)
+        except (KeyError, ValueError, TypeError):
+            return None
+        return index if isinstance(index, int) else None
+
+    # --- distributed: wait for every worker's final report ----------------------------------
+
+    def _hold_quit_for_final_reports(self, runner: Runner | None) -> None:
+        """Make the master's ``quit`` wait for the workers' final reports.
+
+        Locust's `MasterRunner.quit` sends ``quit`` to the workers, sleeps 0.5 s and stops
+        listening: a worker slower than that to stop its users loses its last samples. Ours
+        sends ``quit`` first and waits (at most ``--etl-worker-report-timeout``) until every
+        worker of the test has sent a report marked final, has quit, or is missing (no
+        heartbeat); Locust's own quit then runs as before.
+        """
+        if not isinstance(runner, MasterRunner):
+            return
+        original = runner.quit
+
+        def quit_after_final_reports() -> None:
+            if not self._holding_quit:
+                self._holding_quit = True
+                try:
+                    self._await_final_reports(runner)
+                except Exception as exc:  # never a traceback; the verdict names what is missing
+                    self.out(
+                        f"etlverify: waiting for the workers' final reports failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+            original()
+
+        runner.quit = quit_after_final_reports  # type: ignore[method-assign]
+
+    def _await_final_reports(self, runner: MasterRunner) -> None:
+        if self.rec is None or self.options is None:
+            return  # no test ran: nothing to wait for
+        started = time.monotonic()
+        runner.stop(send_stop_to_client=False)
+        for client in list(runner.clients.all):
+            quit_msg = Message("quit", None, client.id)  # type: ignore[no-untyped-call]
+            runner.server.send_to_client(quit_msg)
+        deadline = started + self.options.worker_report_timeout_s
+        while self._pending_workers(runner) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.final_wait_s = round(time.monotonic() - started, 3)
+
+    def _pending_workers(self, runner: MasterRunner) -> list[str]:
+        """Workers still connected whose final report has not arrived."""
+        connected = {c.id for c in runner.clients.all if c.state != STATE_MISSING}
+        for client_id in connected:
+            if client_id not in self.workers:
+                self.workers[client_id] = WorkerSeen(client_id, index=self._worker_index(client_id))
+        pending = []
+        for worker in self.workers.values():
+            worker.lost = not worker.final and worker.client_id not in connected
+            if not worker.final and not worker.lost:
+                pending.append(worker.client_id)
+        return pending
 
     # --- server sampling and fingerprint ------------------------------------------------------
 
@@ -987,6 +1463,7 @@ class EtlGate:
                                 status = resp.json()
                             else:
                                 flags = resp.json()
+        self.target_status = status
         fp = Fingerprint.collect(status=status, flags=flags)
         return replace(fp, load=self._load_json())
 
@@ -1018,21 +1495,28 @@ class EtlGate:
         )
 
     def judge(self) -> int:
-        """Compare, print, record if asked, write the summary; return the exit code."""
+        """Compare, print, record if asked, write the summary; return the exit code.
+
+        A run that is rate limited (429 answers) or incomplete (interrupted, a worker's final
+        report missing, worker reports dropped) is not compared with the baseline: it prints why
+        and exits 5 or 4, and its summary's verdict is INCOMPLETE with the reason.
+        """
         assert self.options is not None
         opts = self.options
         if self.rec is None:
-            self.out("etlverify: no test was started, nothing to judge")
-            return EXIT_USAGE
-        run = self.run_result()
+            return self._judge_unstarted()
+        end = self.stopped_wall or time.time()
+        run = self.run_result(end)
         fingerprint = self.fingerprint or replace(Fingerprint.collect(), load=self._load_json())
         runner = self.environment.runner if self.environment is not None else None
         failures = self.rec.failures
         if runner is not None:
             failures = max(failures, int(runner.stats.total.num_failures))
         exceptions = len(getattr(runner, "exceptions", {}) or {})
+        findings = _Findings(incomplete=self._incomplete_reasons(end))
+        findings.rate_lines, findings.rate_json = self._rate_limit_report()
         comparison: Comparison | None = None
-        if self.baseline is not None:
+        if self.baseline is not None and not findings.unjudged:
             comparison = compare(
                 self.baseline,
                 run,
@@ -1042,17 +1526,27 @@ class EtlGate:
                 triggers=opts.triggers,
             )
         messages: list[str] = []
-        if self.rec.dropped_reports:
-            dropped = self.rec.dropped_reports
-            messages.append(f"{dropped} worker reports did not fit and were dropped")
         self.out("")
         self.out(f"etlverify: performance gate, baseline {opts.baseline}")
-        if comparison is not None:
+        for line in findings.rate_lines:
+            self.out(line)
+        for reason in findings.incomplete:
+            self.out(f"INCOMPLETE: {reason}")
+        if findings.unjudged:
+            self.out(
+                "etlverify: no baseline verdict: this run is not a performance verdict on the "
+                "service"
+            )
+        elif comparison is not None:
             for line in comparison.format().splitlines():
                 self.out(line)
         verdict = comparison.verdict if comparison is not None else None
         code = EXIT_PASS
-        if verdict is Verdict.FAIL:
+        if findings.rate_lines:
+            code = EXIT_RATE_LIMITED
+        elif findings.incomplete:
+            code = EXIT_INCOMPLETE
+        elif verdict is Verdict.FAIL:
             code = EXIT_FAIL
         elif verdict is Verdict.INCONCLUSIVE:
             if opts.inconclusive_exit:
@@ -1063,17 +1557,26 @@ class EtlGate:
                     "--etl-inconclusive-exit makes it exit 4"
                 )
         if failures or exceptions:
-            messages.append(f"{failures} failed requests, {exceptions} user exceptions in this run")
+            rate_limited = self.rec.rate_limits.total
+            of_which = f" ({rate_limited} of them answered 429)" if rate_limited else ""
+            messages.append(
+                f"{failures} failed requests{of_which}, {exceptions} user exceptions in this run"
+            )
         recorded: dict[str, Any] | None = None
         if opts.record:
-            if failures or exceptions or verdict is Verdict.FAIL:
-                why = (
-                    f"{failures} failed requests and {exceptions} user exceptions"
-                    if failures or exceptions
-                    else "the verdict is FAIL"
-                )
-                messages.append(f"refusing to record into {opts.baseline}: {why}")
-                code = EXIT_FAIL
+            refusal = None
+            if findings.rate_lines:
+                refusal = "the target rate-limited the load generator (429)"
+            elif findings.incomplete:
+                refusal = "the run is incomplete"
+            elif failures or exceptions:
+                refusal = f"{failures} failed requests and {exceptions} user exceptions"
+            elif verdict is Verdict.FAIL:
+                refusal = "the verdict is FAIL"
+            if refusal is not None:
+                messages.append(f"refusing to record into {opts.baseline}: {refusal}")
+                if not findings.unjudged:  # 4 and 5 say more than "refused"
+                    code = EXIT_FAIL
             else:
                 try:
                     stored = record(opts.baseline, run, environment=fingerprint)
@@ -1097,8 +1600,139 @@ class EtlGate:
             code=code,
             messages=messages,
             recorded=recorded,
+            findings=findings,
         )
         return code
+
+    def _judge_unstarted(self) -> int:
+        reason = "no test was started: nothing to judge"
+        self.out(f"etlverify: INCOMPLETE: {reason}")
+        self.out(f"etlverify: exit code {EXIT_INCOMPLETE}")
+        path = self.summary_path or Path(DEFAULT_SUMMARY)
+        try:
+            _write_json_atomic(
+                path, self._bare_summary(code=EXIT_INCOMPLETE, reason=reason, finished=True)
+            )
+        except OSError as exc:
+            self.out(f"etlverify: cannot write {path}: {exc.strerror or exc}")
+        return EXIT_INCOMPLETE
+
+    def _incomplete_reasons(self, end_wall: float) -> list[str]:
+        """Why the evidence of this run is partial, one sentence each ([] when complete)."""
+        assert self.options is not None
+        assert self.rec is not None
+        opts = self.options
+        reasons = []
+        if opts.timed and opts.run_time_s is not None:
+            ran = end_wall - self.rec.layout.start_wall
+            if ran < opts.run_time_s - INTERRUPT_SLACK_S:
+                reasons.append(
+                    f"the run stopped after {ran:.1f} s of the planned {opts.run_time_s:g} s "
+                    "(interrupted: Ctrl-C, SIGTERM, a stop from the web UI, or every worker quit)"
+                )
+        waited = self.options.worker_report_timeout_s
+        for worker in sorted(self.workers.values(), key=lambda w: (w.index is None, w.index or 0)):
+            if worker.final:
+                continue
+            since = (
+                "every sample it took is missing"
+                if worker.reports == 0
+                else f"the samples it took after its last report at "
+                f"{_iso(worker.last_report_wall)} ({worker.reports} reports received) are missing"
+            )
+            if worker.lost:
+                what = f"went missing (no heartbeat) before its final report: {since}"
+            else:
+                what = (
+                    f"sent no final report within {waited:g} s (--etl-worker-report-timeout): "
+                    f"{since}"
+                )
+            reasons.append(f"{worker.name()} {what}")
+        if self.rec.dropped_reports:
+            reasons.append(
+                f"{self.rec.dropped_reports} worker reports did not fit this run and were "
+                "dropped: their samples are missing"
+            )
+        return reasons
+
+    def _requests_by_metric(self) -> dict[str, int]:
+        """Requests per metric name from Locust's own statistics (the master's are merged)."""
+        runner = getattr(self.environment, "runner", None)
+        entries = getattr(getattr(runner, "stats", None), "entries", None) or {}
+        out: dict[str, int] = {}
+        for key, entry in entries.items():
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                name, method = key
+                out[f"{method} {name}"] = int(entry.num_requests)
+        return out
+
+    def _rate_limit_report(self) -> tuple[list[str], dict[str, Any] | None]:
+        """The RATE LIMITED verdict line and one line per route answered 429 ([] when none)."""
+        assert self.rec is not None
+        log = self.rec.rate_limits
+        if log.total == 0:
+            return [], None
+        by_metric = self._requests_by_metric()
+        runner = getattr(self.environment, "runner", None)
+        stats_total = getattr(
+            getattr(getattr(runner, "stats", None), "total", None), "num_requests", 0
+        )
+        total = max(self.rec.requests, int(stats_total or 0), log.total)
+        window, source = log.window()
+        top = max(sorted(log.counts), key=lambda m: log.counts[m])
+
+        def limit_text(metric: str) -> str:
+            limit = log.limits.get(metric)
+            return (
+                "no X-RateLimit-Limit header" if limit is None else f"limit {limit} per {window} s"
+            )
+
+        where = (
+            "X-RateLimit-Limit / X-RateLimit-Reset headers"
+            if source == "X-RateLimit-Reset"
+            else f"X-RateLimit-Limit header and {source}"
+        )
+        share = 100.0 * log.total / total
+        if top in log.limits:
+            limit_part = f"{limit_text(top)} on {top}, from the target's {where}"
+        else:
+            limit_part = f"on {top}; the target sent no X-RateLimit-Limit header"
+        retry = (
+            f"; Retry-After up to {log.retry_after_max} s"
+            if log.retry_after_max is not None
+            else ""
+        )
+        lines = [
+            f"RATE LIMITED: {share:.1f}% of requests were answered 429 ({log.total} of {total}; "
+            f"{limit_part}{retry}): exempt the load generator or lower the load"
+        ]
+        routes = []
+        for metric in sorted(log.counts, key=lambda m: (-log.counts[m], m)):
+            count = log.counts[metric]
+            requests = max(by_metric.get(metric, 0), count)
+            lines.append(
+                f"  429 {metric}: {count} of {requests} requests "
+                f"({100.0 * count / requests:.1f}%), {limit_text(metric)}"
+            )
+            routes.append(
+                {
+                    "metric": metric,
+                    "count": count,
+                    "requests": requests,
+                    "limit": log.limits.get(metric),
+                }
+            )
+        data = {
+            "count": log.total,
+            "requests": total,
+            "share_pct": round(share, 2),
+            "window_s": window,
+            "window_source": source,
+            "retry_after_max_s": log.retry_after_max,
+            "routes": routes,
+            "line": lines[0],
+        }
+        return lines, data
 
     def _write_summary(
         self,
@@ -1109,6 +1743,7 @@ class EtlGate:
         code: int,
         messages: list[str],
         recorded: dict[str, Any] | None,
+        findings: _Findings,
     ) -> None:
         assert self.options is not None
         assert self.rec is not None
@@ -1129,10 +1764,14 @@ class EtlGate:
                 }
             )
         cmp_json = comparison.to_json() if comparison is not None else {}
+        reasons = ([findings.rate_json["line"]] if findings.rate_json else []) + findings.incomplete
         summary = {
             "schema_version": SUMMARY_SCHEMA_VERSION,
-            "verdict": cmp_json.get("verdict"),
+            "verdict": "INCOMPLETE" if findings.unjudged else cmp_json.get("verdict"),
             "exit_code": code,
+            "reason": reasons[0] if reasons else None,
+            "incomplete": reasons,
+            "rate_limited": findings.rate_json,
             "baseline": str(self.options.baseline),
             "tolerance": self.options.tolerance_text,
             "alpha": self.options.alpha,
@@ -1147,24 +1786,29 @@ class EtlGate:
             "rollback": cmp_json.get("rollback", False),
             "fingerprint": fingerprint.to_json(),
             "measured": measured,
+            "workers": [w.to_json() for w in self.workers.values()],
             "run": {
+                **self.identity(finished=True),
                 "host": self.host,
-                "started_at": run.started_at,
+                "test_started_at": run.started_at,
                 "duration_s": run.duration_s,
                 "layout": self.rec.layout.to_json(),
                 "longest_outage_s": run.longest_outage_s,
                 "requests": self.rec.requests,
                 "failures": self.rec.failures,
+                "rate_limited": self.rec.rate_limits.total,
                 "dropped_worker_reports": self.rec.dropped_reports,
+                "final_report_wait_s": self.final_wait_s,
                 "injected_latency_ms": self.options.inject_latency_ms,
             },
             "recorded": recorded,
             "messages": messages,
         }
+        path = self.summary_path or self.options.summary
         try:
-            _write_json_atomic(self.options.summary, _jsonable(summary))
+            _write_json_atomic(path, _jsonable(summary))
         except OSError as exc:
-            self.out(f"etlverify: cannot write {self.options.summary}: {exc}")
+            self.out(f"etlverify: cannot write {path}: {exc}")
 
     def on_quitting(self, environment: Environment, **_: Any) -> None:
         """``quitting`` (master/local): judge once, set the exit code, stop the target."""
@@ -1176,7 +1820,17 @@ class EtlGate:
                 self.judged = True
                 # Fail closed: if judging itself crashes, the run must not look like a pass.
                 environment.process_exit_code = EXIT_FAIL
-                environment.process_exit_code = self.judge()
+                try:
+                    environment.process_exit_code = self.judge()
+                except Exception as exc:  # one line, never a traceback
+                    reason = f"judging failed: {type(exc).__name__}: {exc}"
+                    self.out(f"etlverify: {reason}")
+                    self.out(f"etlverify: exit code {EXIT_FAIL}")
+                    with contextlib.suppress(OSError, ValueError):
+                        _write_json_atomic(
+                            self.summary_path or self.options.summary,
+                            self._bare_summary(code=EXIT_FAIL, reason=reason, finished=True),
+                        )
         finally:
             self._clear_fault()
             self._stop_target()
@@ -1204,6 +1858,7 @@ def install(events: Events) -> EtlGate:
     hooks.init_command_line_parser.add_listener(gate.on_parser)
     hooks.init.add_listener(gate.on_init)
     hooks.test_start.add_listener(gate.on_test_start)
+    hooks.test_stop.add_listener(gate.on_test_stop)
     hooks.request.add_listener(gate.on_request)
     hooks.report_to_master.add_listener(gate.on_report_to_master)
     hooks.worker_report.add_listener(gate.on_worker_report)

@@ -8,6 +8,7 @@ recorder that saw every sample (bucket counts added, never percentiles averaged)
 from __future__ import annotations
 
 import argparse
+import re
 
 import msgpack
 import numpy as np
@@ -21,6 +22,7 @@ from etlverify.locust_support import (
     EtlGate,
     GateOptions,
     OutageTracker,
+    RateLimitLog,
     WindowedRecorder,
     WindowLayout,
 )
@@ -181,10 +183,13 @@ def namespace(**overrides: object) -> argparse.Namespace:
         "etl_inject_latency_ms": None,
         "etl_ws_timeout": "5",
         "etl_response_time_trigger": None,
+        "etl_worker_report_timeout": "10",
         "run_time": 60,
         "num_users": 12,
         "spawn_rate": 12,
         "host": None,
+        "headless": True,
+        "autostart": False,
     }
     base.update(overrides)
     return argparse.Namespace(**base)
@@ -211,6 +216,7 @@ def test_options_layout_splits_run_time_after_warmup() -> None:
         ({"etl_alpha": "0"}, "--etl-alpha: expected a number > 0"),
         ({"host": "localhost:8080"}, "--host: expected an http:// or https:// URL"),
         ({"etl_response_time_trigger": "50"}, "--etl-response-time-trigger: expected 'PCT%'"),
+        ({"etl_worker_report_timeout": "-1"}, "--etl-worker-report-timeout: expected a number"),
     ],
 )
 def test_bad_options_name_the_option(overrides: dict[str, object], message: str) -> None:
@@ -222,3 +228,200 @@ def test_warmup_longer_than_run_time_is_a_usage_error() -> None:
     opts = GateOptions.from_namespace(namespace(run_time=5))
     with pytest.raises(SettingsError, match="--etl-warmup"):
         opts.layout(START)
+
+
+def test_web_ui_runs_are_not_timed() -> None:
+    """Without --headless/--autostart a person ends the run: no "interrupted" check."""
+    assert GateOptions.from_namespace(namespace()).timed
+    assert GateOptions.from_namespace(namespace(headless=False, autostart=True)).timed
+    ui = GateOptions.from_namespace(namespace(headless=False))
+    assert not ui.timed
+    assert ui.run_time_s == 60
+    form = ui.for_test(namespace(headless=False, run_time=30, num_users=3, spawn_rate=1))
+    assert (form.run_time_s, form.users, form.spawn_rate) == (30, 3, 1.0)
+    assert GateOptions.from_namespace(namespace()).worker_report_timeout_s == 10.0
+
+
+# --- rate limiting ---------------------------------------------------------------------------
+
+
+class Answer:
+    """What the request listener gets from FastHttpUser: a status code and headers."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        self.headers = headers or {}
+
+
+def limited(reset: int, retry: int = 12) -> Answer:
+    headers = {
+        "X-RateLimit-Limit": "30",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(reset),
+        "Retry-After": str(retry),
+    }
+    return Answer(429, headers)
+
+
+def options(**overrides: object) -> GateOptions:
+    return GateOptions.from_namespace(namespace(**overrides))
+
+
+def test_429_answers_are_counted_apart_with_the_advertised_limit() -> None:
+    gate = gate_with(LAYOUT)
+    gate.options = options()
+    at = START + 3.0
+    for _ in range(90):
+        gate.on_request(
+            request_type="GET",
+            name="/api/health",
+            response_time=1.0,
+            start_time=at,
+            response=Answer(200),
+        )
+    for i in range(7):
+        # a 429 the scenario marked as a failure, and one it let through: both count
+        gate.on_request(
+            request_type="POST",
+            name="/api/jobs",
+            response_time=1.0,
+            start_time=at,
+            response=limited(1_800_000_060 + 60 * (i % 2)),
+            exception=RuntimeError("expected 200/201, got 429"),
+        )
+    gate.on_request(
+        request_type="GET",
+        name="/api/jobs",
+        response_time=1.0,
+        start_time=at,
+        response=limited(1_800_000_180, retry=40),
+    )
+    gate.on_request(
+        request_type="GET", name="/api/jobs", response_time=1.0, start_time=at, response=Answer(429)
+    )
+    gate.on_request(
+        request_type="GET",
+        name="/api/jobs",
+        response_time=1.0,
+        start_time=at,
+        response=Answer(503),
+        exception=RuntimeError("boom"),
+    )
+    assert gate.rec is not None
+    log = gate.rec.rate_limits
+    assert log.counts == {"POST /api/jobs": 7, "GET /api/jobs": 2}
+    assert log.limits == {"POST /api/jobs": 30, "GET /api/jobs": 30}
+    assert log.window() == (60, "X-RateLimit-Reset")
+    assert log.retry_after_max == 40
+    lines, data = gate._rate_limit_report()
+    assert lines[0] == (
+        "RATE LIMITED: 9.0% of requests were answered 429 (9 of 100; limit 30 per 60 s on "
+        "POST /api/jobs, from the target's X-RateLimit-Limit / X-RateLimit-Reset headers; "
+        "Retry-After up to 40 s): exempt the load generator or lower the load"
+    )
+    assert lines[1] == "  429 POST /api/jobs: 7 of 7 requests (100.0%), limit 30 per 60 s"
+    assert lines[2] == "  429 GET /api/jobs: 2 of 2 requests (100.0%), limit 30 per 60 s"
+    assert data is not None
+    assert data["count"] == 9
+    assert data["share_pct"] == 9.0
+
+
+def test_rate_limit_window_falls_back_to_the_contract() -> None:
+    log = RateLimitLog()
+    log.add("GET /api/jobs", limited(1_800_000_060))
+    assert log.window() == (60, "the contract's one-minute window")
+    log.add("GET /api/jobs", Answer(429))  # no headers: counted, nothing read
+    assert log.total == 2
+
+
+def test_rate_limits_travel_with_the_worker_reports() -> None:
+    worker, master = gate_with(LAYOUT), gate_with(LAYOUT)
+    worker.on_request(
+        request_type="POST",
+        name="/api/jobs",
+        response_time=1.0,
+        start_time=START + 3.0,
+        response=limited(1_800_000_060),
+        exception=RuntimeError("429"),
+    )
+    data: dict[str, object] = {}
+    worker.on_report_to_master(client_id="w", data=data)
+    master.on_worker_report(client_id="w", data=wire(data))
+    assert master.rec is not None
+    assert master.rec.rate_limits.counts == {"POST /api/jobs": 1}
+    assert master.rec.rate_limits.limits == {"POST /api/jobs": 30}
+    assert worker.rec is not None
+    assert worker.rec.rate_limits.total == 0, "a report drains the 429 counts too"
+
+
+# --- distributed: final reports ---------------------------------------------------------------
+
+
+def test_a_worker_without_its_final_report_is_named() -> None:
+    workers = {name: gate_with(LAYOUT) for name in ("host-a_1", "host-b_2")}
+    master = gate_with(LAYOUT)
+    master.options = options(etl_worker_report_timeout="4")
+    for name, worker in workers.items():
+        feed(worker, seed=len(name), n=50, median_ms=2.0)
+        data: dict[str, object] = {}
+        worker.on_report_to_master(client_id=name, data=data)
+        assert isinstance(data[PAYLOAD_KEY], dict)
+        assert data[PAYLOAD_KEY]["final"] is False
+        master.on_worker_report(client_id=name, data=wire(data))
+    # host-a stops its users and sends its final report; host-b never does (killed)
+    workers["host-a_1"].worker_stopped = True
+    data = {}
+    workers["host-a_1"].on_report_to_master(client_id="host-a_1", data=data)
+    master.on_worker_report(client_id="host-a_1", data=wire(data))
+    reasons = master._incomplete_reasons(START + 62.0)
+    assert len(reasons) == 1, reasons
+    assert re.match(
+        r"worker host-b_2 \(host \S+, pid \d+\) sent no final report within 4 s "
+        r"\(--etl-worker-report-timeout\): the samples it took after its last report at "
+        r"\S+Z \(1 reports received\) are missing$",
+        reasons[0],
+    ), reasons[0]
+    assert master.workers["host-a_1"].final
+    assert master.workers["host-a_1"].reports == 2
+
+
+def test_a_run_stopped_before_its_run_time_is_incomplete() -> None:
+    gate = gate_with(LAYOUT)
+    gate.options = options(run_time=14)
+    assert gate._incomplete_reasons(START + 14.2) == []
+    reasons = gate._incomplete_reasons(START + 6.0)
+    assert reasons == [
+        "the run stopped after 6.0 s of the planned 14 s (interrupted: Ctrl-C, SIGTERM, a stop "
+        "from the web UI, or every worker quit)"
+    ]
+    ui = gate_with(LAYOUT)
+    ui.options = options(run_time=14, headless=False)
+    assert ui._incomplete_reasons(START + 6.0) == [], "a person ends a web UI run"
+
+
+def test_identity_block_is_the_pytest_runs_shape() -> None:
+    """Built with `etlverify.report.summary.run_identity`: same fields, same fingerprint rule."""
+    gate = gate_with(LAYOUT)
+    gate.started_wall = START
+    gate.host = "http://127.0.0.1:8080"
+    gate.embedded = False
+    gate.target_status = {"version": "2.3.1", "build": {"commit": "abc123"}}
+    block = gate.identity(finished=False)
+    assert set(block) == {
+        "id",
+        "pipeline_run_id",
+        "started_at",
+        "finished_at",
+        "target_url",
+        "target_fingerprint",
+        "tool",
+    }
+    assert block["id"] == gate.run_id
+    assert block["tool"] == "locust"
+    assert block["started_at"] == "2027-01-15T08:00:00Z"
+    assert block["finished_at"] is None
+    assert block["target_url"] == "http://127.0.0.1:8080"
+    assert re.fullmatch(r"[0-9a-f]{16}", block["target_fingerprint"])
+    assert gate.identity(finished=True)["finished_at"] is not None
+    gate.target_status = {"version": "2.3.2", "build": {"commit": "abc123"}}
+    assert gate.identity(finished=False)["target_fingerprint"] != block["target_fingerprint"]

@@ -1,3 +1,2 @@
-"""Manifest: the plugins this checkout runs with, and nothing else."""
-
-pytest_plugins = ["etlverify.pytest_plugin"]
+"""The etlverify pytest plugin is a `pytest11` entry point (pyproject.toml): installed, it is loaded
+before pytest reads the command line, so nothing needs registering here."""

@@ -2,8 +2,8 @@
 
 `checklist.json` (beside this module) holds every item of the deployment checklist with a stable id.
 Tests name the items they verify with ``@pytest.mark.checklist("id", ...)``; this module validates
-the file, resolves test outcomes into one status per item, and finds traceability gaps (an automated
-item no test covers, a test naming an unknown item).
+the file and finds traceability gaps (an automated item no test covers, a test naming an unknown
+item). An item's status in a run is decided in one place, `etlverify.report.verdict.item_status`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +24,6 @@ __all__ = [
     "Checklist",
     "ChecklistError",
     "Item",
-    "ItemResult",
-    "ItemStatus",
     "TestOutcome",
     "load_checklist",
 ]
@@ -60,17 +57,6 @@ class Item:
         return self.automation == "automated"
 
 
-class ItemStatus(StrEnum):
-    """The status of one item after a run."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    MANUAL = "manual"
-    NOT_APPLICABLE = "n/a"
-    NOT_RUN = "not-run"
-
-
 @dataclass(frozen=True)
 class TestOutcome:
     """The outcome of one test (pytest vocabulary: passed, failed, skipped, error, xfailed...)."""
@@ -81,32 +67,6 @@ class TestOutcome:
     outcome: str
     reason: str = ""
     item_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """An item, its status, and the tests behind it."""
-
-    item: Item
-    status: ItemStatus
-    tests: tuple[TestOutcome, ...] = ()
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (for reports/checklist_results.json)."""
-        return {
-            "id": self.item.id,
-            "section": self.item.section,
-            "heading": self.item.heading,
-            "text": self.item.text,
-            "automation": self.item.automation,
-            "status": self.status.value,
-            "reason": self.reason,
-            "signed_by": self.item.signed_by,
-            "tests": [
-                {"nodeid": t.nodeid, "outcome": t.outcome, "reason": t.reason} for t in self.tests
-            ],
-        }
 
 
 @dataclass(frozen=True)
@@ -151,50 +111,6 @@ class Checklist:
     def sections(self) -> list[str]:
         """Section names in order of first appearance."""
         return list(dict.fromkeys(i.section for i in self.items))
-
-    def results(self, outcomes: Iterable[TestOutcome]) -> list[ItemResult]:
-        """One `ItemResult` per item from the outcomes of the tests that ran.
-
-        Failed if any test behind the item failed (or errored, or passed unexpectedly under strict
-        xfail), passed if at least one passed and none failed, skipped if all were skipped,
-        not-run if no test behind it ran. Manual and n/a items keep that status.
-        """
-        by_item: dict[str, list[TestOutcome]] = {}
-        for outcome in outcomes:
-            for item_id in outcome.item_ids:
-                by_item.setdefault(item_id, []).append(outcome)
-        out: list[ItemResult] = []
-        for item in self.items:
-            tests = tuple(by_item.get(item.id, ()))
-            if item.automation == "manual":
-                out.append(
-                    ItemResult(
-                        item,
-                        ItemStatus.MANUAL,
-                        tests,
-                        f"signed by {item.signed_by}" if item.signed_by else "",
-                    )
-                )
-                continue
-            if item.automation == "n/a":
-                out.append(ItemResult(item, ItemStatus.NOT_APPLICABLE, tests, item.reason))
-                continue
-            kinds = {t.outcome for t in tests}
-            if not tests:
-                out.append(ItemResult(item, ItemStatus.NOT_RUN, tests, "no test ran"))
-            elif kinds & {"failed", "error"}:
-                bad = [t.nodeid for t in tests if t.outcome in ("failed", "error")]
-                out.append(ItemResult(item, ItemStatus.FAILED, tests, ", ".join(bad)))
-            elif kinds & {"passed", "xpassed"}:
-                out.append(ItemResult(item, ItemStatus.PASSED, tests))
-            else:
-                reasons = "; ".join(sorted({t.reason for t in tests if t.reason}))
-                if item.optional:  # an optional item not set up: n/a, not a gap to decide on
-                    why = f"optional, not set up: {reasons or 'skipped'}"
-                    out.append(ItemResult(item, ItemStatus.NOT_APPLICABLE, tests, why))
-                else:
-                    out.append(ItemResult(item, ItemStatus.SKIPPED, tests, reasons))
-        return out
 
 
 def _item(raw: Any, index: int) -> Item:

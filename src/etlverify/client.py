@@ -28,12 +28,14 @@ from typing import Any
 import httpx
 
 from etlverify.errors import CheckFailed, EtlVerifyError, SettingsError, TargetError
+from etlverify.health import TargetHealth, health_for
 
 __all__ = [
     "CheckFailed",
     "EtlClient",
     "EtlVerifyError",
     "Expect",
+    "Pacing",
     "RequestTiming",
     "SettingsError",
     "TargetError",
@@ -131,6 +133,53 @@ def curl_for(
     return " ".join(parts)
 
 
+#: the longest a functional check waits for a rate-limit window to reset before retrying a 429
+MAX_PACE_WAIT_S = 65.0
+#: how often one request is retried after 429 answers
+MAX_PACE_RETRIES = 2
+
+
+@dataclass
+class Pacing:
+    """What the client had to pace for one route prefix (the target's rate limit)."""
+
+    prefix: str
+    limit: str = ""
+    waits: int = 0
+    seconds: float = 0.0
+    refused: int = 0
+
+    def line(self) -> str:
+        """``/api/jobs: limit 30 per window; paced 3 times, 41.2 s waited``."""
+        limit = f"limit {self.limit} per window" if self.limit else "rate limited"
+        text = f"{self.prefix}: {limit}; paced {self.waits} time(s), {self.seconds:.1f} s waited"
+        if self.refused:
+            text += f", {self.refused} request(s) still answered 429"
+        return text
+
+
+def _prefix(path: str) -> str:
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    return "/" + "/".join(parts[:2])
+
+
+def _retry_after(response: httpx.Response, now: float) -> float | None:
+    """Seconds until the rate-limit window resets, from ``Retry-After`` or ``X-RateLimit-Reset``."""
+    raw = response.headers.get("retry-after")
+    if raw is not None:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            pass
+    reset = response.headers.get("x-ratelimit-reset")
+    if reset is not None:
+        try:
+            return max(0.0, float(reset) - now)
+        except ValueError:
+            return None
+    return None
+
+
 @dataclass(frozen=True)
 class RequestTiming:
     """One request as the timing hook saw it."""
@@ -159,9 +208,21 @@ class EtlClient:
         secrets: Sequence[str | None] = (),
         transport: httpx.BaseTransport | None = None,
         max_timings: int = 10_000,
+        health: TargetHealth | None = None,
+        pace: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        #: the run's view of the target (shared by every client of this URL in the process)
+        self.health = health if health is not None else health_for(self.base_url)
+        #: wait for the target's rate-limit window instead of failing on 429 (functional checks)
+        self.pace = pace
+        #: shared by every client of this target in the process (the run reports it once)
+        self.pacing: dict[str, Pacing] = self.health.pacing
+        #: the status of the last answer when it was an error (a reused connection may hang)
+        self._last_error: int | None = None
+        #: prefix -> monotonic time before which the window has no request left
+        self._exhausted_until: dict[str, float] = {}
         self.token = token
         self.token_env_ref = token_env_ref if token else None
         self.secrets: tuple[str, ...] = tuple(s for s in (*secrets, token) if s)
@@ -209,37 +270,137 @@ class EtlClient:
         params: Mapping[str, str | int | float] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        """Send one request; any HTTP status is returned, transport failures raise `TargetError`."""
-        limit = self.timeout if timeout is None else timeout
-        request = self._http.build_request(
-            method,
-            path,
-            json=json,
-            content=content,
-            headers=headers,
-            params=params,
-            timeout=httpx.Timeout(limit),
-        )
-        try:
-            return self._http.send(request)
-        except httpx.TimeoutException as exc:
-            raise self._transport_error(request, f"no response within {limit:g} s", exc) from None
-        except httpx.ConnectError as exc:
-            raise self._transport_error(
-                request, f"connection failed: {_reason(exc)}", exc
-            ) from None
-        except httpx.RemoteProtocolError as exc:
-            raise self._transport_error(
-                request, f"connection dropped or broken response: {_reason(exc)}", exc
-            ) from None
-        except httpx.TransportError as exc:
-            raise self._transport_error(request, f"transport error: {_reason(exc)}", exc) from None
+        """Send one request; any HTTP status is returned, transport failures raise `TargetError`.
 
-    def _transport_error(self, request: httpx.Request, what: str, exc: Exception) -> TargetError:
-        return TargetError(
-            f"{request.method} {request.url.path}: {what} ({type(exc).__name__})\n"
-            f"Reproduce with: {self.curl(request)}"
-        )
+        Requests are not sent while the target's health says it is down (`TargetBlocked`, at
+        once); with `pace`, a 429 is waited out (``Retry-After``) and retried, and a route whose
+        window is used up (``X-RateLimit-Remaining: 0``) waits for ``X-RateLimit-Reset`` first.
+        """
+        limit = self.timeout if timeout is None else timeout
+        prefix = _prefix(path)
+        for attempt in range(MAX_PACE_RETRIES + 1):
+            if self.pace:
+                self._wait_for_window(prefix)
+            request = self._http.build_request(
+                method,
+                path,
+                json=json,
+                content=content,
+                headers=headers,
+                params=params,
+                timeout=httpx.Timeout(limit),
+            )
+            response = self._send(request, limit)
+            if not self.pace or response.status_code != 429 or attempt == MAX_PACE_RETRIES:
+                if self.pace and response.status_code == 429:
+                    self._pacing(prefix, response).refused += 1
+                return response
+            wait = _retry_after(response, time.time())
+            if wait is None or wait > MAX_PACE_WAIT_S:
+                self._pacing(prefix, response).refused += 1
+                return response
+            response.close()
+            self._pause(prefix, response, wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pacing(self, prefix: str, response: httpx.Response) -> Pacing:
+        pacing = self.pacing.setdefault(prefix, Pacing(prefix))
+        pacing.limit = response.headers.get("x-ratelimit-limit", pacing.limit)
+        return pacing
+
+    def _pause(self, prefix: str, response: httpx.Response, wait: float) -> None:
+        pacing = self._pacing(prefix, response)
+        pacing.waits += 1
+        pacing.seconds += wait + 0.05
+        time.sleep(wait + 0.05)
+
+    def _wait_for_window(self, prefix: str) -> None:
+        until = self._exhausted_until.pop(prefix, None)
+        if until is None:
+            return
+        wait = until - time.monotonic()
+        if 0 < wait <= MAX_PACE_WAIT_S:
+            pacing = self.pacing.setdefault(prefix, Pacing(prefix))
+            pacing.waits += 1
+            pacing.seconds += wait
+            time.sleep(wait)
+
+    def _note_window(self, response: httpx.Response) -> None:
+        remaining = response.headers.get("x-ratelimit-remaining")
+        if remaining is None or remaining.strip() not in ("0", "0.0"):
+            return
+        wait = _retry_after(response, time.time())
+        if wait is not None and wait > 0:
+            prefix = _prefix(response.request.url.path)
+            self._pacing(prefix, response)
+            self._exhausted_until[prefix] = time.monotonic() + wait + 0.05
+
+    def _send(self, request: httpx.Request, limit: float) -> httpx.Response:
+        """Send through the health view: blocked at once while the target is down; a request that
+        gets no answer is reported to it (which probes, to tell a dead target from a slow route)."""
+        health = self.health
+        what = f"{request.method} {request.url.path}"
+        health.before_request(what)
+        new_connection = False
+
+        def trace(name: str, info: Mapping[str, Any]) -> None:
+            nonlocal new_connection
+            if name == "connection.connect_tcp.started":
+                new_connection = True
+                health.on_connection()
+
+        request.extensions["trace"] = trace
+        if health.fresh_connections:
+            request.headers["Connection"] = "close"
+        reused_after = self._last_error
+        started, t0 = time.time(), time.perf_counter()
+        key = id(request)
+        health.in_flight[key] = (what, started)
+        kind = text = ""
+        error: Exception | None = None
+        try:
+            response = self._http.send(request)
+        except httpx.TimeoutException as exc:
+            kind, text, error = "timeout", f"no response within {limit:g} s", exc
+        except httpx.ConnectError as exc:
+            refused = _reason(exc) == "connection refused"
+            kind, text, error = (
+                "refused" if refused else "dropped",
+                f"connection failed: {_reason(exc)}",
+                exc,
+            )
+        except httpx.RemoteProtocolError as exc:
+            kind, text, error = (
+                "dropped",
+                f"connection dropped or broken response: {_reason(exc)}",
+                exc,
+            )
+        except httpx.TransportError as exc:
+            kind, text, error = "dropped", f"transport error: {_reason(exc)}", exc
+        finally:
+            health.in_flight.pop(key, None)
+        if kind:
+            self._last_error = None
+            event = health.on_no_answer(
+                what,
+                kind,
+                started=started,
+                reused_after_error=None if new_connection else reused_after,
+            )
+            message = f"{what}: {text} ({type(error).__name__})"
+            if event is not None and event.kind.value == "keepalive-hang":
+                message = (
+                    f"{what}: {text} on a keep-alive connection reused after an HTTP "
+                    f"{reused_after} answer (a fresh connection answers)"
+                )
+            raise TargetError(
+                f"{message}\nReproduce with: {self.curl(request)}", kind=kind
+            ) from None
+        health.on_answer(time.perf_counter() - t0)
+        self._last_error = response.status_code if response.status_code >= 400 else None
+        if self.pace:
+            self._note_window(response)
+        return response
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         """GET `path` (see `request`)."""
@@ -264,7 +425,8 @@ class EtlClient:
         except (ValueError, UnicodeDecodeError):
             raise TargetError(
                 f"{response.request.method} {response.request.url.path}: expected a JSON body, got "
-                f"{self.excerpt(response)}\nReproduce with: {self.curl(response)}"
+                f"{self.excerpt(response)}\nReproduce with: {self.curl(response)}",
+                kind="not-json",
             ) from None
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
@@ -295,6 +457,9 @@ class EtlClient:
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
+
+    def __repr__(self) -> str:
+        return f"EtlClient({self.base_url!r})"
 
     def __enter__(self) -> EtlClient:
         return self

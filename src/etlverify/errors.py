@@ -37,7 +37,19 @@ class SettingsError(EtlVerifyError, ValueError):
 class TargetError(EtlVerifyError):
     """The target could not be talked to: a transport failure, a timeout, a refused WebSocket
     handshake, or a body that is not the JSON a check needed. The message is complete and ends
-    with a way to reproduce (a curl line) where there is one."""
+    with a way to reproduce (a curl line) where there is one.
+
+    `kind` says which, for the run's root-cause analysis: ``timeout``, ``refused``, ``dropped``,
+    ``not-json``, ``ws-handshake``, ``ws`` (a WebSocket that closed or went silent), ``blocked``
+    (not sent: the target was already down) or ``""`` (unclassified).
+    """
+
+    def __init__(self, message: str = "", kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.kind))
 
 
 @dataclass(eq=False)

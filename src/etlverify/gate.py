@@ -1,20 +1,36 @@
-"""The promotion gate: merge a run's pytest and Locust summaries into one verdict and exit code.
+"""The promotion gate: the summaries of one pipeline run -> one verdict and one exit code.
 
-``etlverify gate reports/`` reads ``reports/summary.json`` (written by ``pytest -m post_deploy``)
-and ``reports/locust_summary.json`` (written by the Locust scenario), whichever exist, and
-decides with the rules of `etlverify.report.verdict`:
+``etlverify gate reports/`` reads the summaries the pipeline's steps wrote into ``reports/``
+(`SOURCES`: ``summary.json`` from ``pytest -m post_deploy``, ``locust_summary.json`` from the Locust
+run, ``watch_summary.json`` from a watch step) and fails closed:
 
-- the merged verdict is the worst of the two (DO NOT PROMOTE > INCOMPLETE > PROMOTE);
-- a source that could not judge (its exit code 2 or 3: configuration error, target unreachable)
-  blocks, and its code wins: 2 before 3, both before the verdict's code;
-- otherwise 1 for DO NOT PROMOTE, 4 for INCOMPLETE when inconclusive blocks
-  (``--inconclusive-blocks``, ETLPLUS_INCONCLUSIVE_BLOCKS, else what the pytest run recorded),
-  0 otherwise.
+- every *required* source (``--require``, default: pytest) must have a summary; every summary
+  present, required or not, is checked the same way before it counts;
+- a summary is *refused* (one line naming the file and why) when it is missing, unreadable, not in
+  the schema, has no or a partial ``run`` block (identity), finished longer ago than ``--max-age``
+  (default 24 h) or in the future, comes from another pipeline run (``--run-id``, else
+  ``ETLPLUS_PIPELINE_RUN_ID``; without either, summaries of different pipeline runs refuse the
+  older), from another target (``--target``, else ``ETLPLUS_BASE_URL``; and the sources must agree
+  with each other on the target), or records that its run stopped before it could judge (a usage or
+  configuration error, an interrupt);
+- the summaries that are accepted are merged with the rules of `etlverify.report.verdict`: the worst
+  verdict wins (DO NOT PROMOTE > INCOMPLETE > PROMOTE).
 
-Neither file: exit 2 with one line. A file that is not JSON or not in the schema: exit 2 naming it.
-A Locust summary whose run started more than `SAME_RUN_HOURS` away from the pytest run is from
-another run: it is left out, with a line saying so. When the pytest summary exists, the sign-off
-report (``signoff.html``) is written again with the merged verdict and the Locust section.
+Exit codes (`docs/exit-codes.md`), chosen so that none is one of pytest's own (0-5) or Locust's;
+the first that applies, in this order:
+
+====  ==============================================================================
+14    usage: the gate's own arguments or environment are wrong (nothing was judged)
+12    evidence: a summary is missing, unreadable, partial, stale, or from another run or target
+13    target unreachable: an accepted summary says its run could not reach the target
+10    DO NOT PROMOTE: a check failed, a metric is FAIL, a rollback trigger FIRED
+11    INCOMPLETE: a person must decide (by default; ``--no-inconclusive-blocks`` /
+      ``ETLPLUS_INCONCLUSIVE_BLOCKS=0`` makes it 0 with a warning line)
+0     PROMOTE
+====  ==============================================================================
+
+With an accepted pytest summary the sign-off report (``signoff.html``) is written again with the
+merged verdict, the gate's exit code and the refused evidence among the blocking findings.
 
 Plain Python: no pytest, no locust.
 """
@@ -22,19 +38,25 @@ Plain Python: no pytest, no locust.
 from __future__ import annotations
 
 import os
+import re
 import sys
-from dataclasses import replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
+from etlverify.errors import EtlVerifyError
 from etlverify.report.summary import (
     Finding,
     MetricRecord,
     PromotionVerdict,
+    RunIdentity,
     Summary,
     SummaryError,
     TriggerRecord,
     load_summary,
+    normalize_url,
+    parse_run,
+    parse_time,
     read_json,
 )
 from etlverify.report.verdict import (
@@ -46,26 +68,65 @@ from etlverify.report.verdict import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
 __all__ = [
+    "DEFAULT_MAX_AGE",
+    "EXIT_GATE_DO_NOT_PROMOTE",
+    "EXIT_GATE_EVIDENCE",
+    "EXIT_GATE_INCOMPLETE",
+    "EXIT_GATE_PROMOTE",
+    "EXIT_GATE_UNREACHABLE",
+    "EXIT_GATE_USAGE",
     "LOCUST_HTML",
     "LOCUST_SUMMARY",
     "PYTEST_SUMMARY",
     "SAME_RUN_HOURS",
+    "SOURCES",
+    "Evidence",
+    "GateOptions",
     "GateResult",
+    "GateUsageError",
+    "load_locust",
+    "load_source",
     "locust_part",
+    "main_gate",
     "merge",
+    "parse_max_age",
+    "resolve_options",
     "run_gate",
     "same_run",
 ]
 
+EXIT_GATE_PROMOTE = 0
+EXIT_GATE_DO_NOT_PROMOTE = 10
+EXIT_GATE_INCOMPLETE = 11
+EXIT_GATE_EVIDENCE = 12
+EXIT_GATE_UNREACHABLE = 13
+EXIT_GATE_USAGE = 14
+
 PYTEST_SUMMARY = "summary.json"
 LOCUST_SUMMARY = "locust_summary.json"
+WATCH_SUMMARY = "watch_summary.json"
 LOCUST_HTML = "locust.html"
 SIGNOFF_HTML = "signoff.html"
-#: a Locust run that started further than this from the pytest run is not "the same run"
+#: source name (``--require NAME``, ``run.tool``) -> the summary file it writes
+SOURCES: dict[str, str] = {
+    "pytest": PYTEST_SUMMARY,
+    "locust": LOCUST_SUMMARY,
+    "watch": WATCH_SUMMARY,
+}
+#: the step that writes each summary, for the lines that say one is missing
+_STEPS = {
+    "pytest": "python -m pytest -m post_deploy",
+    "locust": "locust -f loadtests/etl.py",
+    "watch": "the watch step",
+}
+DEFAULT_MAX_AGE = timedelta(hours=24)
+#: a summary that finished further in the future than this is not trusted (clocks disagree)
+CLOCK_SKEW = timedelta(minutes=5)
+#: the pytest run's own report merges a Locust summary that started within this of it
 SAME_RUN_HOURS = 6.0
 _LOCUST_VERDICTS = {
     "PASS": PromotionVerdict.PROMOTE,
@@ -75,54 +136,115 @@ _LOCUST_VERDICTS = {
     "INCONCLUSIVE": PromotionVerdict.INCOMPLETE,
     "INCOMPLETE": PromotionVerdict.INCOMPLETE,
 }
+#: a verification run's exit codes that mean it could not judge: usage or configuration error,
+#: interrupted; nothing selected
+_NOT_JUDGED = (EXIT_USAGE, 5)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-class GateResult:
-    """The merged summary, its exit code, and the lines the gate prints."""
-
-    def __init__(self, summary: Summary, lines: list[str]) -> None:
-        self.summary = summary
-        self.lines = lines
-
-    @property
-    def exit_code(self) -> int:
-        """The process exit code."""
-        return self.summary.exit_code
+class GateUsageError(EtlVerifyError, ValueError):
+    """The gate's own arguments or environment are wrong (exit `EXIT_GATE_USAGE`); one line."""
 
 
-def _parse_time(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+# -- options ---------------------------------------------------------------------------------------
 
 
-def _locust_started(data: Mapping[str, Any], path: Path) -> datetime | None:
-    run = data.get("run")
-    started = _parse_time(run.get("started_at")) if isinstance(run, dict) else None
-    if started is None:
-        try:
-            started = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-        except OSError:
-            return None
-    return started
+def parse_max_age(text: str, source: str = "--max-age") -> timedelta:
+    """``90s``, ``30m``, ``6h``, ``2d`` (a number and a unit) -> timedelta; `GateUsageError`."""
+    match = _DURATION.match(text or "")
+    if match is None or float(match.group(1)) <= 0:
+        raise GateUsageError(
+            f"{source}: expected a duration > 0 with a unit (90s, 30m, 6h, 2d), got {text!r}"
+        )
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
 
 
-def same_run(pytest_started: str, locust_started: datetime | None) -> bool:
-    """True when the two runs started within `SAME_RUN_HOURS` of each other (unknown: True)."""
-    start = _parse_time(pytest_started)
-    if start is None or locust_started is None:
+def _age_text(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 86400:.3g} d"
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """What the gate requires and checks; see `resolve_options`."""
+
+    require: tuple[str, ...] = ("pytest",)
+    max_age: timedelta = DEFAULT_MAX_AGE
+    #: the pipeline run every summary must come from (None: they must agree with each other)
+    run_id: str | None = None
+    #: the target every summary must have verified (None: they must agree with each other)
+    target: str | None = None
+    inconclusive_blocks: bool = True
+
+
+def _blocks_setting(cli: bool | None, env: Mapping[str, str]) -> bool:
+    if cli is not None:
+        return cli
+    raw = env.get("ETLPLUS_INCONCLUSIVE_BLOCKS")
+    if raw is None:
+        return True  # fail closed: INCOMPLETE blocks unless someone says it does not
+    text = raw.strip().lower()
+    if text in _TRUE:
         return True
-    return abs((locust_started - start).total_seconds()) <= SAME_RUN_HOURS * 3600.0
+    if text in _FALSE:
+        return False
+    raise GateUsageError(
+        f"env ETLPLUS_INCONCLUSIVE_BLOCKS: expected a boolean (1/0, true/false), got {raw!r}"
+    )
 
 
-def load_locust(path: Path) -> dict[str, Any]:
-    """Read and check a Locust summary; `SummaryError` naming the file when it is not one."""
+def resolve_options(
+    *,
+    require: Sequence[str] | None = None,
+    max_age: str | timedelta | None = None,
+    run_id: str | None = None,
+    target: str | None = None,
+    inconclusive_blocks: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> GateOptions:
+    """Command line first, then the environment (``ETLPLUS_PIPELINE_RUN_ID``,
+    ``ETLPLUS_BASE_URL``, ``ETLPLUS_INCONCLUSIVE_BLOCKS``), then the defaults."""
+    environ = os.environ if env is None else env
+    sources = tuple(dict.fromkeys(require)) if require else ("pytest",)
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise GateUsageError(
+            f"--require {unknown[0]}: unknown source (known: {', '.join(SOURCES)})"
+        )
+    if isinstance(max_age, timedelta):
+        age = max_age
+    elif max_age is None:
+        age = DEFAULT_MAX_AGE
+    else:
+        age = parse_max_age(max_age)
+    expected_run = (run_id or "").strip() or environ.get("ETLPLUS_PIPELINE_RUN_ID", "").strip()
+    expected_target = (target or "").strip() or environ.get("ETLPLUS_BASE_URL", "").strip()
+    if expected_target and not re.match(r"^https?://[^/\s]+", expected_target, re.IGNORECASE):
+        where = "--target" if target else "env ETLPLUS_BASE_URL"
+        raise GateUsageError(f"{where}: expected an http(s) URL, got {expected_target!r}")
+    return GateOptions(
+        require=sources,
+        max_age=age,
+        run_id=expected_run or None,
+        target=normalize_url(expected_target) if expected_target else None,
+        inconclusive_blocks=_blocks_setting(inconclusive_blocks, environ),
+    )
+
+
+# -- reading the summaries ----------------------------------------------------------------------
+
+
+def load_source(path: Path, source: str = "locust") -> dict[str, Any]:
+    """Read and check a Locust (or watch) summary; `SummaryError` naming the file if not one."""
     data = read_json(path)
     problem = None
     if not isinstance(data, dict):
@@ -142,24 +264,258 @@ def load_locust(path: Path) -> dict[str, Any]:
     if problem is None:
         try:
             for metric in data.get("metrics", []):
-                MetricRecord.from_json(metric, "locust")
+                MetricRecord.from_json(metric, source)
             for trigger in data.get("triggers", []):
-                TriggerRecord.from_json(trigger, "locust")
+                TriggerRecord.from_json(trigger, source)
+            parse_run(data)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            problem = f"bad metric or trigger: {exc}"
+            problem = f"bad metric, trigger or run block: {exc}"
     if problem is not None:
-        raise SummaryError(f"{path}: not a Locust summary (schema 1): {problem}")
+        raise SummaryError(f"{path}: not a {source} summary (schema 1): {problem}")
     assert isinstance(data, dict)
     return data
 
 
+def load_locust(path: Path) -> dict[str, Any]:
+    """Read and check a Locust summary; `SummaryError` naming the file when it is not one."""
+    return load_source(path, "locust")
+
+
+def _locust_started(data: Mapping[str, Any], path: Path) -> datetime | None:
+    run = data.get("run")
+    started = parse_time(run.get("started_at")) if isinstance(run, dict) else None
+    if started is None:
+        try:
+            started = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except OSError:
+            return None
+    return started
+
+
+def same_run(pytest_started: str, locust_started: datetime | None) -> bool:
+    """True when the two runs started within `SAME_RUN_HOURS` of each other (unknown: True).
+
+    Used by the pytest run's own sign-off report; the gate decides on run identities instead.
+    """
+    start = parse_time(pytest_started)
+    if start is None or locust_started is None:
+        return True
+    return abs((locust_started - start).total_seconds()) <= SAME_RUN_HOURS * 3600.0
+
+
+@dataclass
+class Evidence:
+    """One source's summary as the gate found it: accepted (`problem` empty) or refused."""
+
+    source: str
+    path: Path
+    required: bool
+    summary: Summary | None = None
+    data: dict[str, Any] | None = None
+    identity: RunIdentity | None = None
+    #: ``missing``, ``unreadable``, ``unidentified``, ``partial``, ``stale``, ``other run``,
+    #: ``other target``, ``incomplete``; empty when accepted
+    status: str = ""
+    problem: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        """True when this summary counts towards the verdict."""
+        return not self.status
+
+    def refuse(self, status: str, problem: str) -> None:
+        """Refuse this summary (the first reason found is kept)."""
+        if not self.status:
+            self.status, self.problem = status, problem
+
+    def line(self) -> str:
+        """One line for people: the file, whether it counts, and why not."""
+        need = "required" if self.required else "present, so checked"
+        if self.accepted:
+            ident = self.identity
+            assert ident is not None
+            pipeline = f", pipeline run {ident.pipeline_run_id}" if ident.pipeline_run_id else ""
+            return (
+                f"used {self.path} ({self.source} run {ident.id}{pipeline}, finished "
+                f"{ident.finished_at}, target {ident.target_url or '?'}): {self.verdict_text()}"
+            )
+        return f"REFUSED {self.path} ({self.source}, {need}): {self.status}: {self.problem}"
+
+    def verdict_text(self) -> str:
+        """The source's own verdict, as it wrote it."""
+        if self.summary is not None:
+            return self.summary.verdict.value
+        return str((self.data or {}).get("verdict") or "no verdict")
+
+    @property
+    def finished(self) -> datetime | None:
+        """When the run that wrote it finished."""
+        return parse_time(self.identity.finished_at) if self.identity else None
+
+
+def _load(source: str, directory: Path, required: bool) -> Evidence:
+    path = directory / SOURCES[source]
+    ev = Evidence(source, path, required)
+    if not directory.is_dir():
+        ev.refuse("missing", f"there is no folder {directory}")
+        return ev
+    if not path.exists():
+        ev.refuse(
+            "missing",
+            f"`{_STEPS[source]}` wrote no summary (it did not run, or stopped before it wrote one; "
+            "its own output says why)",
+        )
+        return ev
+    try:
+        if source == "pytest":
+            ev.summary = load_summary(path)
+            ev.identity = ev.summary.run
+        else:
+            ev.data = load_source(path, source)
+            ev.identity = parse_run(ev.data)
+    except SummaryError as exc:
+        ev.refuse("unreadable", str(exc).removeprefix(f"{path}: "))
+    except ValueError as exc:
+        ev.refuse("unreadable", str(exc))
+    return ev
+
+
+def _check_identity(ev: Evidence, options: GateOptions, now: datetime) -> None:
+    """Refuse `ev` if its identity is missing, partial, too old or of another run or target."""
+    ident = ev.identity
+    if not ev.accepted:
+        return
+    if ident is None:
+        ev.refuse(
+            "unidentified",
+            "it has no `run` block (written by an older etlverify, or not by this pipeline's "
+            "run), so it cannot be shown to be this run's evidence; run the step again",
+        )
+        return
+    missing = ident.missing()
+    if missing:
+        ev.refuse("partial", f"its run block lacks {', '.join(missing)}")
+        return
+    if ident.tool != ev.source:
+        ev.refuse("partial", f"run.tool is {ident.tool!r}, expected {ev.source!r}")
+        return
+    finished = parse_time(ident.finished_at)
+    assert finished is not None
+    if finished > now + CLOCK_SKEW:
+        ev.refuse(
+            "stale",
+            f"it finished at {ident.finished_at}, in the future of this gate's clock "
+            f"({now:%Y-%m-%dT%H:%M:%SZ}): not trusted",
+        )
+        return
+    age = now - finished
+    if age > options.max_age:
+        ev.refuse(
+            "stale",
+            f"its run {ident.id} finished at {ident.finished_at}, {_age_text(age)} ago, "
+            f"longer ago than --max-age {_age_text(options.max_age)}",
+        )
+        return
+    if options.run_id is not None and ident.pipeline_run_id != options.run_id:
+        got = ident.pipeline_run_id or "none (ETLPLUS_PIPELINE_RUN_ID was not set when it ran)"
+        ev.refuse(
+            "stale",
+            f"it is from another pipeline run: {got}; this gate judges pipeline run "
+            f"{options.run_id}",
+        )
+        return
+    _check_judged(ev)
+    target = options.target
+    if ev.accepted and target is not None and normalize_url(ident.target_url) != target:
+        ev.refuse(
+            "other target",
+            f"it verified {ident.target_url or 'no named target'}; this gate judges {target}",
+        )
+
+
+def _check_judged(ev: Evidence) -> None:
+    """Refuse a summary whose run stopped before it could judge (usage error, interrupt)."""
+    if ev.summary is not None:
+        error = ev.summary.error or {}
+        code = ev.summary.exit_code
+        if code in _NOT_JUDGED or (error and error.get("exit_code") != EXIT_UNREACHABLE):
+            message = str(error.get("message") or "see the run's output")
+            ev.refuse(
+                "incomplete",
+                f"the pytest run stopped before it could judge (exit code {code}): {message}",
+            )
+    elif ev.data is not None and ev.data.get("exit_code") == EXIT_USAGE:
+        message = str(ev.data.get("error") or "see the run's output")
+        ev.refuse(
+            "incomplete",
+            f"the {ev.source} run stopped before it could judge (exit code {EXIT_USAGE}): "
+            f"{message}",
+        )
+
+
+def _check_together(evidence: list[Evidence]) -> None:
+    """Accepted summaries must come from one pipeline run and one target."""
+    accepted = [e for e in evidence if e.accepted]
+    if len(accepted) < 2:
+        return
+    newest = max(accepted, key=lambda e: e.finished or datetime.min.replace(tzinfo=UTC))
+    assert newest.identity is not None
+    for ev in accepted:
+        assert ev.identity is not None
+        if ev is not newest and ev.identity.pipeline_run_id != newest.identity.pipeline_run_id:
+            ev.refuse(
+                "stale",
+                f"it is from pipeline run {ev.identity.pipeline_run_id or 'none'}, the newer "
+                f"{newest.path.name} from {newest.identity.pipeline_run_id or 'none'}: not one run",
+            )
+    accepted = [e for e in evidence if e.accepted]
+    anchor = next((e for e in accepted if e.source == "pytest"), accepted[0] if accepted else None)
+    if anchor is None or anchor.identity is None:
+        return
+    for ev in accepted:
+        if ev is anchor or ev.identity is None:
+            continue
+        same = _same_target(anchor.identity, ev.identity)
+        if same is True:
+            continue
+        mine, theirs = ev.identity, anchor.identity
+        if same is None:  # one of them names no target: which one did what cannot be shown
+            for lacking, other in ((ev, anchor), (anchor, ev)):
+                ident = lacking.identity
+                if ident is not None and not (ident.target_url or ident.target_fingerprint):
+                    lacking.refuse(
+                        "partial",
+                        f"it names no target (URL or fingerprint), so it cannot be shown to have "
+                        f"verified the target of {other.path.name}",
+                    )
+        else:
+            ev.refuse(
+                "other target",
+                f"it verified {mine.target_url or '?'} (fingerprint "
+                f"{mine.target_fingerprint or '?'}), {anchor.path.name} verified "
+                f"{theirs.target_url or '?'} (fingerprint {theirs.target_fingerprint or '?'})",
+            )
+
+
+def _same_target(a: RunIdentity, b: RunIdentity) -> bool | None:
+    if a.target_fingerprint and b.target_fingerprint:
+        return a.target_fingerprint == b.target_fingerprint
+    url_a, url_b = normalize_url(a.target_url), normalize_url(b.target_url)
+    if url_a and url_b:
+        return url_a == url_b
+    return None
+
+
+# -- merging -----------------------------------------------------------------------------------
+
+
 def locust_part(
-    data: Mapping[str, Any], *, html: str | None = None
+    data: Mapping[str, Any], *, html: str | None = None, source: str = "locust"
 ) -> tuple[PromotionVerdict, tuple[Finding, ...], tuple[Finding, ...], int | None, dict[str, Any]]:
-    """A Locust summary judged on its own: verdict, blocking, undecided, error code, and the
-    ``locust`` object of a merged summary (for the report)."""
-    metrics = tuple(MetricRecord.from_json(m, "locust") for m in data.get("metrics", []))
-    triggers = tuple(TriggerRecord.from_json(t, "locust") for t in data.get("triggers", []))
+    """A Locust (or watch) summary judged on its own: verdict, blocking, undecided, error code, and
+    the ``locust`` object of a merged summary (for the report)."""
+    metrics = tuple(MetricRecord.from_json(m, source) for m in data.get("metrics", []))
+    triggers = tuple(TriggerRecord.from_json(t, source) for t in data.get("triggers", []))
     code = data.get("exit_code")
     raw = data.get("verdict")
     blocking: list[Finding] = []
@@ -169,22 +525,24 @@ def locust_part(
         error_code = int(code)
         what = "configuration error" if code == EXIT_USAGE else "target unreachable"
         blocking.append(
-            Finding("error", "", f"{what}: {data.get('error') or 'see its output'}", "locust")
+            Finding("error", "", f"{what}: {data.get('error') or 'see its output'}", source)
         )
     elif raw is None:
         undecided.append(
-            Finding("run", "", "no baseline verdict (no baseline, or a recording run)", "locust")
+            Finding("run", "", "no baseline verdict (no baseline, or a recording run)", source)
         )
     elif code == 1 and _LOCUST_VERDICTS[str(raw)] is not PromotionVerdict.DO_NOT_PROMOTE:
         messages = "; ".join(str(m) for m in data.get("messages") or []) or "exit code 1"
-        blocking.append(Finding("run", "", f"the Locust run failed: {messages}", "locust"))
+        blocking.append(Finding("run", "", f"the {source} run failed: {messages}", source))
     elif raw in ("INCONCLUSIVE", "INCOMPLETE") and not any(
         m.verdict == "INCONCLUSIVE" for m in metrics
     ):
-        undecided.append(Finding("environment", "", "baseline comparison INCONCLUSIVE", "locust"))
+        reasons = [str(r) for r in data.get("incomplete") or [] if r]
+        text = "; ".join(reasons) if reasons else f"baseline comparison {raw}"
+        undecided.append(Finding("run" if reasons else "environment", "", text, source))
     own, b, u = decide((), metrics, triggers, extra_blocking=blocking, extra_undecided=undecided)
     if raw in ("FAIL", "DO NOT PROMOTE") and not b:
-        b = (Finding("run", "", "the Locust baseline comparison is FAIL", "locust"),)
+        b = (Finding("run", "", f"the {source} baseline comparison is FAIL", source),)
         own = PromotionVerdict.DO_NOT_PROMOTE
     info = {
         "promotion": own.value,
@@ -200,22 +558,6 @@ def locust_part(
     return own, b, u, error_code, info
 
 
-def _blocks_setting(cli: bool | None, env: Mapping[str, str]) -> bool | None:
-    if cli is not None:
-        return cli
-    raw = env.get("ETLPLUS_INCONCLUSIVE_BLOCKS")
-    if raw is None:
-        return None
-    text = raw.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise SummaryError(
-        f"env ETLPLUS_INCONCLUSIVE_BLOCKS: expected a boolean (1/0, true/false), got {raw!r}"
-    )
-
-
 def merge(
     pytest_summary: Summary | None,
     locust: Mapping[str, Any] | None,
@@ -223,9 +565,15 @@ def merge(
     inconclusive_blocks: bool | None = None,
     locust_html: str | None = None,
     locust_note: str = "",
+    others: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Summary:
-    """One summary from either or both sources (at least one must be given)."""
-    if pytest_summary is None and locust is None:
+    """One summary from the sources given (at least one): the pytest summary, the Locust summary,
+    and `others` (source name -> a summary in the Locust shape, e.g. a watch step's).
+
+    Its ``exit_code`` is in the verification run's family (`etlverify.report.verdict`); the gate
+    replaces it with its own (`run_gate`)."""
+    extra = dict(others or {})
+    if pytest_summary is None and locust is None and not extra:
         raise ValueError("merge() needs at least one summary")
     verdicts: list[PromotionVerdict] = []
     blocking: list[Finding] = []
@@ -241,17 +589,22 @@ def merge(
     locust_info: dict[str, Any] | None = None
     metrics = list(pytest_summary.metrics) if pytest_summary else []
     triggers = list(pytest_summary.triggers) if pytest_summary else []
-    if locust is not None:
-        verdict, b, u, error_code, locust_info = locust_part(locust, html=locust_html)
-        if locust_note:
-            locust_info["note"] = locust_note
+    parts: list[tuple[str, Mapping[str, Any]]] = [("locust", locust)] if locust is not None else []
+    parts += sorted(extra.items())
+    for source, data in parts:
+        html = locust_html if source == "locust" else None
+        verdict, b, u, error_code, info = locust_part(data, html=html, source=source)
+        if source == "locust":
+            locust_info = info
+            if locust_note:
+                locust_info["note"] = locust_note
         verdicts.append(verdict)
         blocking += b
         undecided += u
         if error_code is not None:
             errors.append(error_code)
-        metrics += [MetricRecord.from_json(m, "locust") for m in locust.get("metrics", [])]
-        triggers += [TriggerRecord.from_json(t, "locust") for t in locust.get("triggers", [])]
+        metrics += [MetricRecord.from_json(m, source) for m in data.get("metrics", [])]
+        triggers += [TriggerRecord.from_json(t, source) for t in data.get("triggers", [])]
     blocks = inconclusive_blocks
     if blocks is None:
         blocks = pytest_summary.inconclusive_blocks if pytest_summary else False
@@ -261,21 +614,31 @@ def merge(
     error_code = EXIT_USAGE if EXIT_USAGE in errors else (errors[0] if errors else None)
     code = exit_code_for(verdict, inconclusive_blocks=blocks, error_code=error_code)
     if base is None:
-        fp = dict(locust.get("fingerprint") or {}) if locust else {}
+        first = locust if locust is not None else parts[0][1]
+        fp = dict(first.get("fingerprint") or {})
+        raw_run = first.get("run")
+        run: dict[str, Any] = raw_run if isinstance(raw_run, dict) else {}
         fingerprint = {
-            "target_url": (locust or {}).get("run", {}).get("host") if locust else None,
+            "target_url": run.get("target_url") or run.get("host"),
             "target_version": fp.get("target_version"),
             "build_commit": fp.get("build_commit"),
             "flags_sha256": fp.get("flags_sha256"),
             "flags": fp.get("flags") or {},
             "suite_version": fp.get("suite_version"),
         }
+        try:
+            identity = parse_run(first)
+        except ValueError:
+            identity = None
         base = Summary(
             verdict=verdict,
             exit_code=code,
             fingerprint=fingerprint,
             kind="locust",
             performance={"available": False, "reason": "only the Locust run reported"},
+            run=identity,
+            started_at=identity.started_at if identity else "",
+            finished_at=(identity.finished_at or "") if identity else "",
         )
     return replace(
         base,
@@ -285,88 +648,156 @@ def merge(
         undecided=tuple(undecided),
         metrics=tuple(metrics),
         triggers=tuple(triggers),
-        kind="merged" if pytest_summary is not None and locust is not None else base.kind,
+        kind="merged" if pytest_summary is not None and parts else base.kind,
         inconclusive_blocks=blocks,
         locust=locust_info,
     )
 
 
+# -- the gate ------------------------------------------------------------------------------------
+
+
+class GateResult:
+    """The merged summary (None when no summary was accepted), the gate's exit code, the evidence
+    as found, and the lines the gate prints."""
+
+    def __init__(
+        self,
+        summary: Summary | None,
+        exit_code: int,
+        evidence: list[Evidence],
+        lines: list[str],
+    ) -> None:
+        self.summary = summary
+        self.exit_code = exit_code
+        self.evidence = evidence
+        self.lines = lines
+
+    @property
+    def verdict(self) -> PromotionVerdict:
+        """The gate's verdict (never PROMOTE on refused evidence)."""
+        if self.summary is None:
+            return PromotionVerdict.DO_NOT_PROMOTE
+        return self.summary.verdict
+
+    @property
+    def refused(self) -> list[Evidence]:
+        """The summaries that did not count, with why."""
+        return [e for e in self.evidence if not e.accepted]
+
+
+def _gate_code(merged: Summary | None, refused: bool, blocks: bool) -> int:
+    if refused or merged is None:
+        return EXIT_GATE_EVIDENCE
+    if merged.exit_code == EXIT_UNREACHABLE:
+        return EXIT_GATE_UNREACHABLE
+    if merged.verdict is PromotionVerdict.DO_NOT_PROMOTE:
+        return EXIT_GATE_DO_NOT_PROMOTE
+    if merged.verdict is PromotionVerdict.INCOMPLETE:
+        return EXIT_GATE_INCOMPLETE if blocks else EXIT_GATE_PROMOTE
+    return EXIT_GATE_PROMOTE
+
+
 def run_gate(
     directory: Path,
     *,
-    inconclusive_blocks: bool | None = None,
+    options: GateOptions | None = None,
     render: bool = True,
     env: Mapping[str, str] | None = None,
+    now: datetime | None = None,
 ) -> GateResult:
-    """Read the summaries in `directory`, merge them, write signoff.html again; `SummaryError`
-    (one line naming the file or folder) for exit code 2."""
-    environ = os.environ if env is None else env
-    blocks = _blocks_setting(inconclusive_blocks, environ)
-    if not directory.is_dir():
-        raise SummaryError(f"{directory}: no such directory")
-    pytest_path, locust_path = directory / PYTEST_SUMMARY, directory / LOCUST_SUMMARY
-    if not pytest_path.exists() and not locust_path.exists():
-        raise SummaryError(
-            f"{directory}: neither {PYTEST_SUMMARY} (pytest -m post_deploy) nor {LOCUST_SUMMARY} "
-            "(the Locust run) is there; nothing to judge"
-        )
-    pytest_summary = load_summary(pytest_path) if pytest_path.exists() else None
-    locust = load_locust(locust_path) if locust_path.exists() else None
-    lines: list[str] = []
-    sources = []
-    note = ""
-    if pytest_summary is not None:
-        sources.append(
-            f"{pytest_path} (pytest {pytest_summary.finished_at or '?'}: "
-            f"{pytest_summary.verdict.value})"
-        )
+    """Check and merge the summaries in `directory` (module docstring); write signoff.html again
+    when the pytest summary counts. `GateUsageError` only for bad options or environment."""
+    opts = options if options is not None else resolve_options(env=env)
+    clock = now or datetime.now(UTC)
+    evidence = [
+        _load(source, directory, source in opts.require)
+        for source in SOURCES
+        if source in opts.require or (directory / SOURCES[source]).exists()
+    ]
+    for ev in evidence:
+        _check_identity(ev, opts, clock)
+    _check_together(evidence)
+    used = {e.source: e for e in evidence if e.accepted}
+    refused = [e for e in evidence if not e.accepted]
+    pytest_ev = used.get("pytest")
+    locust_ev = used.get("locust")
     html = None
-    if locust is not None:
-        started = _locust_started(locust, locust_path)
-        if pytest_summary is not None and not same_run(pytest_summary.started_at, started):
-            lines.append(
-                f"  left out {locust_path}: its run started {started:%Y-%m-%d %H:%M} UTC, more "
-                f"than {SAME_RUN_HOURS:g} h from the pytest run ({pytest_summary.started_at})"
-                if started
-                else f"  left out {locust_path}: another run"
-            )
-            locust = None
+    note = ""
+    if locust_ev is not None:
+        if (directory / LOCUST_HTML).exists():
+            html = LOCUST_HTML
         else:
-            sources.append(f"{locust_path} (locust: {locust.get('verdict') or 'no verdict'})")
-            if (directory / LOCUST_HTML).exists():
-                html = LOCUST_HTML
-            else:
-                note = f"{LOCUST_HTML} is not in {directory}"
-    if pytest_summary is None and locust is None:
-        raise SummaryError(f"{directory}: no summary of this run left to judge")
-    merged = merge(
-        pytest_summary, locust, inconclusive_blocks=blocks, locust_html=html, locust_note=note
-    )
-    head = [f"etlverify gate: {merged.verdict.value} (exit code {merged.exit_code})"]
-    head += [f"  source: {s}" for s in sources]
-    lines = head + lines
-    if merged.blocking:
-        lines.append("  blocking:")
-        lines += [f"    {f.line()}" for f in merged.blocking]
-    if merged.undecided:
-        lines.append("  for a person to decide:")
-        lines += [f"    {f.line()}" for f in merged.undecided]
-    if merged.verdict is PromotionVerdict.INCOMPLETE and merged.exit_code == 0:
-        lines.append(
-            "  warning: INCOMPLETE does not block (exit 0); --inconclusive-blocks or "
-            "ETLPLUS_INCONCLUSIVE_BLOCKS=1 makes it exit 4"
+            note = f"{LOCUST_HTML} is not in {directory}"
+    merged: Summary | None = None
+    if used:
+        merged = merge(
+            pytest_ev.summary if pytest_ev is not None else None,
+            locust_ev.data if locust_ev is not None else None,
+            inconclusive_blocks=opts.inconclusive_blocks,
+            locust_html=html,
+            locust_note=note,
+            others={s: e.data for s, e in used.items() if s not in ("pytest", "locust") and e.data},
         )
-    if render and pytest_summary is not None:
+    code = _gate_code(merged, bool(refused), opts.inconclusive_blocks)
+    if merged is not None:
+        findings = tuple(
+            Finding("evidence", e.path.name, f"{e.status}: {e.problem}", e.source) for e in refused
+        )
+        verdict = PromotionVerdict.DO_NOT_PROMOTE if refused else merged.verdict
+        merged = replace(
+            merged, verdict=verdict, exit_code=code, blocking=findings + merged.blocking
+        )
+    verdict = merged.verdict if merged is not None else PromotionVerdict.DO_NOT_PROMOTE
+    lines = [f"etlverify gate: {verdict.value} (exit code {code})"]
+    required = ", ".join(opts.require)
+    lines.append(
+        f"  requires: {required}; max age {_age_text(opts.max_age)}; pipeline run "
+        f"{opts.run_id or '(any, but one)'}; target {opts.target or '(any, but one)'}"
+    )
+    lines += [f"  {e.line()}" for e in evidence]
+    if merged is not None:
+        rest = [f for f in merged.blocking if f.kind != "evidence"]
+        if rest:
+            lines.append("  blocking:")
+            lines += [f"    {f.line()}" for f in rest]
+        if merged.undecided:
+            lines.append("  for a person to decide:")
+            lines += [f"    {f.line()}" for f in merged.undecided]
+    if refused:
+        lines.append(
+            "  the refused evidence decides: run the steps that wrote it again, in this pipeline "
+            "run, against this target"
+        )
+    elif merged is not None and merged.verdict is PromotionVerdict.INCOMPLETE and code == 0:
+        lines.append(
+            "  warning: INCOMPLETE does not block (exit 0) because --no-inconclusive-blocks or "
+            "ETLPLUS_INCONCLUSIVE_BLOCKS=0 says so"
+        )
+    signoff = directory / SIGNOFF_HTML
+    if render and merged is not None and pytest_ev is not None:
         from etlverify.report.signoff import write_signoff
 
-        write_signoff(directory / SIGNOFF_HTML, merged)
-        lines.append(f"  sign-off report: {directory / SIGNOFF_HTML}")
-    return GateResult(merged, lines)
+        try:
+            write_signoff(signoff, merged)
+        except OSError as exc:
+            lines.append(f"  sign-off report: {signoff} could not be written: {exc}")
+        else:
+            lines.append(f"  sign-off report: {signoff}")
+    elif signoff.exists() and pytest_ev is None:
+        lines.append(
+            f"  {signoff} is not this run's sign-off report: its pytest summary is refused"
+        )
+    return GateResult(merged, code, evidence, lines)
 
 
 def main_gate(
     directory: Path,
     *,
+    require: Sequence[str] | None = None,
+    max_age: str | None = None,
+    run_id: str | None = None,
+    target: str | None = None,
     inconclusive_blocks: bool | None = None,
     render: bool = True,
     out: TextIO | None = None,
@@ -376,10 +807,20 @@ def main_gate(
     stdout = out or sys.stdout
     stderr = err or sys.stderr
     try:
-        result = run_gate(directory, inconclusive_blocks=inconclusive_blocks, render=render)
-    except SummaryError as exc:
+        options = resolve_options(
+            require=require,
+            max_age=max_age,
+            run_id=run_id,
+            target=target,
+            inconclusive_blocks=inconclusive_blocks,
+        )
+        result = run_gate(directory, options=options, render=render)
+    except GateUsageError as exc:
         print(f"etlverify gate: {exc}", file=stderr)
-        return EXIT_USAGE
+        return EXIT_GATE_USAGE
+    except SummaryError as exc:  # not expected: every summary problem is a refusal line
+        print(f"etlverify gate: {exc}", file=stderr)
+        return EXIT_GATE_EVIDENCE
     for line in result.lines:
         print(line, file=stdout)
     return result.exit_code

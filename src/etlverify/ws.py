@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from etlverify.errors import TargetError
+from etlverify.health import TargetHealth, health_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -50,12 +51,19 @@ class WsSession:
         recv_timeout: float = 10.0,
         headers: Mapping[str, str] | None = None,
         max_size: int = 16 * 2**20,
+        health: TargetHealth | None = None,
     ) -> None:
         self.url = url
         self.recv_timeout = recv_timeout
         self.acks: list[Message] = []
         self._pending: deque[Message] = deque()
         self._closed = False
+        self.health = health if health is not None else health_for(_base_url(url))
+        what = f"WebSocket {url}"
+        # blocked at once while HTTP is down or handshakes are known not to complete
+        self.health.before_request(what, websocket=True)
+        self.health.on_connection()
+        started = time.time()
         try:
             opened = connect(
                 url,
@@ -73,19 +81,23 @@ class WsSession:
             status = exc.response.status_code
             raise TargetError(
                 f"WebSocket {url}: handshake refused with HTTP {status}\n"
-                f"Reproduce with: curl -sS -i -m {open_timeout:g} -H 'Connection: Upgrade' "
-                f"-H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' "
-                f"-H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' {_http_url(url)}"
+                f"Reproduce with: {_curl_handshake(url, open_timeout)}"
             ) from None
         except TimeoutError:
+            self.health.on_ws_handshake_failed(what, started=started)
             raise TargetError(
-                f"WebSocket {url}: handshake did not complete within {open_timeout:g} s"
+                f"WebSocket {url}: handshake did not complete within {open_timeout:g} s\n"
+                f"Reproduce with: {_curl_handshake(url, open_timeout)}",
+                kind="ws-handshake",
             ) from None
         except InvalidHandshake as exc:
             raise TargetError(f"WebSocket {url}: invalid handshake: {exc}") from None
         except OSError as exc:
-            reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc)
-            raise TargetError(f"WebSocket {url}: cannot connect: {reason}") from None
+            refused = isinstance(exc, ConnectionRefusedError)
+            reason = "connection refused" if refused else str(exc)
+            self.health.on_no_answer(what, "refused" if refused else "dropped", started=started)
+            kind = "refused" if refused else "dropped"
+            raise TargetError(f"WebSocket {url}: cannot connect: {reason}", kind=kind) from None
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -239,8 +251,25 @@ class WsSession:
     def __enter__(self) -> WsSession:
         return self
 
+    def __repr__(self) -> str:
+        return f"WsSession({self.url!r})"
+
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _curl_handshake(url: str, timeout: float) -> str:
+    return (
+        f"curl -sS -i -N -m {timeout:g} -H 'Connection: Upgrade' -H 'Upgrade: websocket' "
+        "-H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "
+        f"{_http_url(url)}"
+    )
+
+
+def _base_url(ws_url: str) -> str:
+    """``http://host:port`` (plus any path prefix before ``/ws``) for a WebSocket URL."""
+    http = _http_url(ws_url)
+    return http[: -len("/ws")] if http.endswith("/ws") else http.rsplit("/", 1)[0]
 
 
 def _http_url(ws_url: str) -> str:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from etlverify.checklist import ItemStatus, TestOutcome, load_checklist
+from etlverify.checklist import load_checklist
+from etlverify.report.summary import Status, TestRecord
+from etlverify.report.verdict import build_items
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKDOWN = ROOT.parent / "shared" / "deployment_checklist.md"
@@ -84,23 +86,21 @@ def test_untested_automated_items_are_reported() -> None:
 
 
 def test_results_status_rules() -> None:
+    """One model of the evidence: item statuses come from `report.verdict` only."""
     checklist = load_checklist()
     a, b, c = [i.id for i in checklist.items if i.automated][:3]
     manual = next(i.id for i in checklist.items if i.automation == "manual")
-    outcomes = [
-        TestOutcome("t1", "passed", item_ids=(a,)),
-        TestOutcome("t2", "failed", item_ids=(a, b)),
-        TestOutcome("t3", "skipped", "needs --deploy-root", item_ids=(c,)),
-        TestOutcome("t4", "passed", item_ids=(manual,)),
-    ]
-    by_id = {r.item.id: r for r in checklist.results(outcomes)}
-    assert by_id[a].status is ItemStatus.FAILED
-    assert by_id[b].status is ItemStatus.FAILED
-    assert by_id[c].status is ItemStatus.SKIPPED
+    t1, t2 = TestRecord("t1", "passed"), TestRecord("t2", "failed", "t2: broke")
+    t3 = TestRecord("t3", "skipped", "needs --deploy-root")
+    by_item = {a: [t1, t2], b: [t2], c: [t3], manual: [TestRecord("t4", "passed")]}
+    by_id = {r.id: r for r in build_items(checklist, by_item, selected=(a, b, c))}
+    assert by_id[a].status is Status.FAILED
+    assert by_id[b].status is Status.FAILED
+    assert by_id[c].status is Status.SKIPPED
     assert by_id[c].reason == "needs --deploy-root"
-    assert by_id[manual].status is ItemStatus.MANUAL
-    others = [r for r in by_id.values() if r.item.automated and r.item.id not in (a, b, c)]
-    assert all(r.status is ItemStatus.NOT_RUN for r in others)
+    assert by_id[manual].status is Status.MANUAL
+    others = [r for r in by_id.values() if r.automation == "automated" and r.id not in (a, b, c)]
+    assert all(r.status is Status.NOT_RUN and not r.in_scope for r in others)
 
 
 def test_suggest_close_ids() -> None:

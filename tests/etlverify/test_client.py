@@ -8,12 +8,16 @@ import httpx
 import pytest
 
 from etlverify.client import CheckFailed, EtlClient, Expect, TargetError, curl_for, redact
+from etlverify.health import TargetHealth
 
 
 def _client(handler: object, **kwargs: object) -> EtlClient:
+    # a health view of its own per client: the transport is in-process, so one test's transport
+    # failure must not mark "the target" down for the next test
     return EtlClient(
         "http://etl.test:8080",
         transport=httpx.MockTransport(handler),  # type: ignore[arg-type]
+        health=TargetHealth("http://etl.test:8080", probe_timeout=0.2),
         **kwargs,
     )  # type: ignore[arg-type]
 

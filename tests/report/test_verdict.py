@@ -161,7 +161,7 @@ def test_errors_block() -> None:
         (PromotionVerdict.PROMOTE, True, None, 0),
         (PromotionVerdict.DO_NOT_PROMOTE, False, None, 1),
         (PromotionVerdict.INCOMPLETE, False, None, 0),
-        (PromotionVerdict.INCOMPLETE, True, None, 4),
+        (PromotionVerdict.INCOMPLETE, True, None, 11),  # not 4: pytest's usage error
         (PromotionVerdict.DO_NOT_PROMOTE, True, 3, 3),
         (PromotionVerdict.DO_NOT_PROMOTE, False, 2, 2),
     ],

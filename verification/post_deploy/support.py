@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from etlverify.health import health_for
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
@@ -317,7 +319,7 @@ class Sample:
     planned: bool
 
 
-@dataclass
+@dataclass(eq=False)  # registered with pluggy, which needs it hashable
 class UptimeSampler:
     """Polls `GET /api/health` in a thread; restarts the suite makes on purpose are marked planned.
 
@@ -372,7 +374,8 @@ class UptimeSampler:
         """Mark probes taken inside the block as planned downtime (a restart made by a test)."""
         self._planned.append(reason)
         try:
-            yield
+            with health_for(self.base_url).planned(reason):
+                yield
         finally:
             self._planned.remove(reason)
 

@@ -13,19 +13,55 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from etlverify.contract import CODE_STATUS
+
 if TYPE_CHECKING:
     from .support import AppLog
 
 ITEM = "post.1_functional_testing.validate_error_handling"
 
-pytestmark = [pytest.mark.post_deploy, pytest.mark.functional, pytest.mark.checklist(ITEM)]
+pytestmark = [
+    pytest.mark.post_deploy,
+    pytest.mark.functional,
+    pytest.mark.smoke,
+    pytest.mark.checklist(ITEM),
+]
 
 QUICK_SOURCE = "rows=10;batch=10;delay_ms=1"
+#: every symbolic error code of the contract (section 2)
+_ANY_CODE = tuple(CODE_STATUS)
 
 
 def test_unknown_route_is_404_not_found(etl_api: Any, etl_expect: Any) -> None:
     """Validate error handling and reporting: an unknown route answers 404 NOT_FOUND."""
     etl_expect.error_body(etl_api.get("/api/etlverify/no/such/route"), status=404, code="NOT_FOUND")
+
+
+def test_query_string_on_a_known_route_is_not_a_malformed_request(
+    etl_api: Any, etl_expect: Any
+) -> None:
+    """Validate error handling and reporting: a query string on a known route is ignored (200 as
+    without it) or refused with the contract's error body, never a body of another shape."""
+    resp = etl_api.get("/api/health", params={"etlverify": "1"})
+    if resp.status_code == 200:
+        return
+    etl_expect.that(
+        400 <= resp.status_code < 500,
+        what="GET /api/health with a query string (?etlverify=1) failed on the server",
+        expected="HTTP 200 as without the query string, or a 4xx contract error",
+        got=f"HTTP {resp.status_code}",
+        resp=resp,
+    )
+    try:
+        etl_expect.error_body(resp, status=resp.status_code, code=_ANY_CODE)
+    except AssertionError:
+        raise etl_expect.fail(
+            "GET /api/health with a query string (?etlverify=1) was refused with a body that is "
+            "not the contract's error shape: requests with a query string are mishandled",
+            expected="HTTP 200, or a 4xx JSON error body (status, code, message, correlationId)",
+            got=f"HTTP {resp.status_code} {resp.headers.get('content-type', 'no content-type')}",
+            resp=resp,
+        ) from None
 
 
 def test_wrong_method_is_405_with_allow(etl_api: Any, etl_expect: Any) -> None:

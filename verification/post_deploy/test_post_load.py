@@ -16,11 +16,18 @@ from typing import Any
 
 import pytest
 
+from etlverify.measure.load import identity_address
+
 from .support import TERMINAL
 
 ITEM = "post.1_functional_testing.under_load"
 
-pytestmark = [pytest.mark.post_deploy, pytest.mark.functional, pytest.mark.checklist(ITEM)]
+pytestmark = [
+    pytest.mark.post_deploy,
+    pytest.mark.functional,
+    pytest.mark.heavy,
+    pytest.mark.checklist(ITEM),
+]
 
 THREADS, REQUESTS, BUDGET_S = 8, 25, 20.0
 QUICK = {
@@ -55,6 +62,8 @@ def test_job_mix_under_concurrent_load(etl_api: Any, etl_expect: Any, etl_jobs: 
     def worker(n: int) -> None:
         rng = random.Random(n)
         mine: list[str] = []
+        # each virtual user its own client identity, as the contract asks of load (section 6)
+        who = {"X-Forwarded-For": identity_address(20_000 + n)}
         for i in range(REQUESTS):
             if time.monotonic() > deadline:
                 with lock:
@@ -66,7 +75,9 @@ def test_job_mix_under_concurrent_load(etl_api: Any, etl_expect: Any, etl_jobs: 
             try:
                 if roll < 0.2 or not mine:
                     kind = "long" if rng.random() < 0.15 else "quick"
-                    resp = etl_api.post("/api/jobs", json=LONG if kind == "long" else QUICK)
+                    resp = etl_api.post(
+                        "/api/jobs", json=LONG if kind == "long" else QUICK, headers=who
+                    )
                     record(resp)
                     if resp.status_code in (200, 201):
                         job_id = resp.json().get("job_id")
@@ -74,15 +85,15 @@ def test_job_mix_under_concurrent_load(etl_api: Any, etl_expect: Any, etl_jobs: 
                         with lock:
                             created[job_id] = kind
                 elif roll < 0.5:
-                    record(etl_api.get(f"/api/jobs/{rng.choice(mine)}"))
+                    record(etl_api.get(f"/api/jobs/{rng.choice(mine)}", headers=who))
                 elif roll < 0.65:
-                    record(etl_api.get("/api/jobs"))
+                    record(etl_api.get("/api/jobs", headers=who))
                 elif roll < 0.8:
-                    record(etl_api.get("/api/health"))
+                    record(etl_api.get("/api/health", headers=who))
                 elif roll < 0.9:
-                    record(etl_api.get("/api/monitor/metrics"))
+                    record(etl_api.get("/api/monitor/metrics", headers=who))
                 else:
-                    record(etl_api.get(f"/api/jobs/{rng.choice(mine)}/metrics"))
+                    record(etl_api.get(f"/api/jobs/{rng.choice(mine)}/metrics", headers=who))
             except Exception as exc:
                 with lock:
                     failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from etlverify.health import health_for
+
 from .support import read_json, wait_until
 
 if TYPE_CHECKING:
@@ -51,13 +53,15 @@ def server_identity(etl_api: Any) -> ServerIdentity:
 
 
 @pytest.fixture
-def planned_restart(request: pytest.FixtureRequest) -> Callable[[str], AbstractContextManager[Any]]:
+def planned_restart(
+    request: pytest.FixtureRequest, etl_target: Any
+) -> Callable[[str], AbstractContextManager[Any]]:
     """`with planned_restart("why"):` marks the block as planned downtime for the uptime sampler."""
     sampler = request.config.pluginmanager.get_plugin(UPTIME_PLUGIN)
 
     def planned(reason: str) -> AbstractContextManager[Any]:
         if sampler is None:
-            return contextlib.nullcontext()
+            return health_for(etl_target.base_url).planned(reason)
         return sampler.planned(reason)  # type: ignore[no-any-return]
 
     return planned
@@ -137,7 +141,11 @@ def full_rollback(
     job_status = wait_until(status, 60) or "not finished"
     before = server_identity(etl_api)
     sampler = request.config.pluginmanager.get_plugin(UPTIME_PLUGIN)
-    planned = sampler.planned("rollback full") if sampler is not None else contextlib.nullcontext()
+    planned = (
+        sampler.planned("rollback full")
+        if sampler is not None
+        else health_for(etl_api.base_url).planned("rollback full")
+    )
     started = time.monotonic()
     with planned:
         proc = etl_ops.rollback("full", timeout=120)

@@ -49,6 +49,7 @@ def _latencies(etl_api: Any, path: str, n: int = 15) -> list[float]:
 
 
 @pytest.mark.monitoring
+@pytest.mark.smoke
 @pytest.mark.checklist(UNAVAILABLE)
 def test_service_is_available(
     etl_api: Any, etl_expect: Any, request: pytest.FixtureRequest

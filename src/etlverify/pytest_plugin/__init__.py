@@ -7,6 +7,8 @@ One feature per module, each a plugin of its own (pytest's style), registered he
 - `xdist_groups` the `@group` node-id suffix `--dist loadgroup` needs on pytest >= 9.2
 - `target`    the target's lifecycle: probe a given URL or start the embedded reference once per
               run, run timeout, xdist hand-over and grouping of destructive tests
+- `targethealth` one view of the target's health, failures classified for the root-cause view,
+              cheap decisive checks first and heavy ones last, check timeouts without stack dumps
 - `fixtures`  the fixtures of docs/suite-api.md
 - `performance` the performance section: load plan, baseline options, collect -> judge once
 - `reporting` report header, failures without tracebacks, checklist summary, default reports
@@ -24,6 +26,7 @@ pytest_plugins = [
     "etlverify.pytest_plugin.markers",
     "etlverify.pytest_plugin.xdist_groups",
     "etlverify.pytest_plugin.target",
+    "etlverify.pytest_plugin.targethealth",
     "etlverify.pytest_plugin.fixtures",
     "etlverify.pytest_plugin.performance",
     "etlverify.pytest_plugin.reporting",

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from etlverify.checklist import Checklist, ItemResult, TestOutcome
+from etlverify.checklist import Checklist, TestOutcome
+from etlverify.report.summary import Summary
 from etlverify.settings import Settings
 
 if TYPE_CHECKING:
@@ -18,9 +19,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKLIST_KEY",
     "OUTCOMES_KEY",
-    "RESULTS_KEY",
     "RUN_KEY",
     "SETTINGS_KEY",
+    "SUMMARY_KEY",
     "RunState",
 ]
 
@@ -49,5 +50,5 @@ RUN_KEY = pytest.StashKey[RunState]()
 CHECKLIST_KEY = pytest.StashKey[Checklist]()
 #: nodeid -> outcome, filled from reports on the process that reports (controller or single)
 OUTCOMES_KEY = pytest.StashKey[dict[str, TestOutcome]]()
-#: the checklist judged once at the end of the run
-RESULTS_KEY = pytest.StashKey[list[ItemResult]]()
+#: the run's evidence judged once, at the end (the sign-off plugin sets it)
+SUMMARY_KEY = pytest.StashKey[Summary]()

@@ -95,6 +95,52 @@ def _resolve(config: pytest.Config) -> Settings:
     return resolve_settings(cli, os.environ, ini)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    """Choose the rootdir again now that this plugin's options are known.
+
+    pytest picks its rootdir and ini file before it loads plugins from entry points, so the value
+    of ``--deploy-root /opt/etlplus`` (space form) is taken for a test path: the rootdir becomes
+    /opt/etlplus, this project's pytest configuration (testpaths, addopts) is not read and reports
+    land in the deployment folder. This hook runs right after the plugins are loaded and before
+    any conftest or test path is used: with the full parser, the option values are no longer test
+    paths, so the rootdir, ini file, addopts and conftest cut-off are set as pytest would have set
+    them had it known the options. ``--rootdir`` or ``-c`` given by the user are left alone.
+    """
+    from _pytest.config.findpaths import determine_setup
+
+    try:
+        ns = parser.parse_known_args(list(args))
+    except (pytest.UsageError, SystemExit):  # pytest reports bad options itself later
+        return
+    if ns.rootdir or ns.inifilename:
+        return
+    rootpath, inipath, inicfg, ignored = determine_setup(
+        inifile=None,
+        override_ini=ns.override_ini,
+        args=list(ns.file_or_dir),
+        rootdir_cmd_arg=None,
+        invocation_dir=early_config.invocation_params.dir,
+    )
+    if rootpath == early_config.rootpath and inipath == early_config.inipath:
+        return
+    old_cut = str(early_config.inipath.parent if early_config.inipath else early_config.rootpath)
+    config: Any = early_config  # private fields: pytest offers no public way to re-root
+    config._rootpath, config._inipath, config._inicfg = rootpath, inipath, inicfg
+    config._ignored_config_files = ignored
+    config._inicache.clear()
+    config._parser.extra_info["rootdir"] = str(rootpath)
+    config._parser.extra_info["inifile"] = str(inipath)
+    if config.known_args_namespace.confcutdir == old_cut:
+        config.known_args_namespace.confcutdir = str(inipath.parent if inipath else rootpath)
+    addopts = list(early_config.getini("addopts"))
+    if addopts:
+        args[:0] = addopts
+        early_config.pluginmanager.consider_preparse(addopts, exclude_only=False)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.ExitCode, int]:
     """A `pytest.UsageError` (a bad setting, a bad baseline, a bad role...) exits 2, not 4.

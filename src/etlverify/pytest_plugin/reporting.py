@@ -25,27 +25,36 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from etlverify.checklist import ItemResult, ItemStatus, TestOutcome, format_map
+from etlverify.checklist import TestOutcome, format_map
 from etlverify.errors import CheckFailed, TargetError
-from etlverify.pytest_plugin._state import OUTCOMES_KEY, RESULTS_KEY
+from etlverify.pytest_plugin._state import OUTCOMES_KEY, SUMMARY_KEY
 from etlverify.pytest_plugin.markers import checklist_ids, get_checklist
 from etlverify.pytest_plugin.options import get_settings
-from etlverify.pytest_plugin.target import get_run
+from etlverify.pytest_plugin.target import get_run, needs_target
+from etlverify.pytest_plugin.targethealth import (
+    FACT_PROPERTY,
+    CheckTimedOut,
+    failure_fact,
+    failure_text,
+)
+from etlverify.report.summary import Status
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
+    from etlverify.report.summary import ItemRecord
     from etlverify.target import Target
 
 __all__ = ["HtmlChecklist", "OutcomeRecorder", "PlainFailure", "results_path"]
 
 _STATUS_ORDER = (
-    ItemStatus.PASSED,
-    ItemStatus.FAILED,
-    ItemStatus.SKIPPED,
-    ItemStatus.MANUAL,
-    ItemStatus.NOT_APPLICABLE,
-    ItemStatus.NOT_RUN,
+    Status.PASSED,
+    Status.FAILED,
+    Status.SKIPPED,
+    Status.INCONCLUSIVE,
+    Status.MANUAL,
+    Status.NOT_APPLICABLE,
+    Status.NOT_RUN,
 )
 
 
@@ -80,19 +89,33 @@ class PlainFailure:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Replace the traceback of a CheckFailed/TargetError by its message."""
+    """Every failure as its message, never a traceback, and classified for the root-cause view
+    (a `FailureFact` in the report's user_properties, so it crosses xdist too)."""
     report = yield
     excinfo = call.excinfo
-    if (
-        excinfo is not None
-        and report.failed
-        and isinstance(excinfo.value, (CheckFailed, TargetError))
+    if excinfo is None or not report.failed:
+        return report
+    value = excinfo.value
+    if not (
+        isinstance(value, (CheckFailed, TargetError)) or checklist_ids(item) or needs_target(item)
     ):
-        path, lineno, _ = item.location
-        text = str(excinfo.value)
-        if isinstance(excinfo.value, TargetError):
-            text = _target_error_text(item, text)
-        report.longrepr = PlainFailure(text, path, (lineno or 0) + 1)  # type: ignore[assignment]
+        return report  # not a check of the target (the project's own tests): pytest's report
+    path, lineno, _ = item.location
+    header = ""
+    if isinstance(value, TargetError) or (
+        isinstance(value, BaseExceptionGroup) and not isinstance(value, CheckFailed)
+    ):
+        header = f"{item.name}: the target did not answer usably"
+    text = failure_text(item, excinfo, header)
+    if isinstance(value, CheckTimedOut):
+        ids = checklist_ids(item)
+        blocks = f"\nblocks checklist: {', '.join(ids)}" if ids else ""
+        text = f"{item.name}: {value}{blocks}"
+    elif isinstance(value, TargetError):
+        text = _target_error_text(item, str(value))
+    report.longrepr = PlainFailure(text, path, (lineno or 0) + 1)  # type: ignore[assignment]
+    fact = failure_fact(item, excinfo, checklist_ids(item))
+    report.user_properties.append((FACT_PROPERTY, json.dumps(fact.to_json())))
     return report
 
 
@@ -185,6 +208,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines += [f"  {name} = {value}  [{source}]" for name, value, source in settings.describe()]
     if settings.embedded:
         lines.append("etlverify target: embedded reference (started when a test needs it)")
+    lines.append(
+        "etlverify: functional checks pace themselves within the target's rate limits "
+        "(X-RateLimit-*, Retry-After); what had to be paced is listed with the verdict"
+    )
     numprocesses = getattr(config.option, "numprocesses", None)
     if numprocesses and getattr(config.option, "dist", "no") != "loadgroup":
         lines.append("etlverify: with -n, add --dist loadgroup so destructive tests run serially")
@@ -312,11 +339,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 _START_KEY = pytest.StashKey[float]()
 
 
-def _results(config: pytest.Config) -> list[ItemResult]:
-    if RESULTS_KEY not in config.stash:
-        outcomes = config.stash.get(OUTCOMES_KEY, {}).values()
-        config.stash[RESULTS_KEY] = get_checklist(config).results(outcomes)
-    return config.stash[RESULTS_KEY]
+def _results(config: pytest.Config) -> tuple[ItemRecord, ...]:
+    """The checklist as the sign-off judged it (one model of the evidence: the terminal,
+    checklist_results.json, summary.json and the report all read these records)."""
+    summary = config.stash.get(SUMMARY_KEY, None)
+    return summary.items if summary is not None else ()
 
 
 def _has_checklist_tests(config: pytest.Config) -> bool:
@@ -330,12 +357,16 @@ def _target_of(config: pytest.Config) -> Target | None:
     return run.shared.started() if run.shared is not None else None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Judge the checklist once, at the end, and write checklist_results.json."""
+    """Write checklist_results.json from the sign-off's judgement (trylast, registered before the
+    sign-off plugin: its own trylast sessionfinish has judged by now)."""
     config = session.config
     if hasattr(config, "workerinput") or not _has_checklist_tests(config):
         return
     results = _results(config)
+    if not results:
+        return
     settings = get_settings(config)
     target = _target_of(config)
     counts = Counter(r.status.value for r in results)
@@ -343,11 +374,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "schema_version": 1,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": round(time.time() - config.stash.get(_START_KEY, time.time()), 1),
-        "exit_status": int(exitstatus),
+        "exit_status": int(session.exitstatus),
         "target": target.to_json() if target else None,
         "settings": [{"name": n, "value": v, "source": s} for n, v, s in settings.describe()],
         "counts": {s.value: counts.get(s.value, 0) for s in _STATUS_ORDER},
-        "items": [r.to_json() for r in results],
+        "items": [_item_json(r) for r in results],
     }
     path = results_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,12 +387,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     os.replace(tmp, path)
 
 
+def _item_json(record: ItemRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "section": record.section,
+        "heading": record.heading,
+        "text": record.text,
+        "automation": record.automation,
+        "status": record.status.value,
+        "reason": record.reason,
+        "signed_by": record.signed_by,
+        "tests": [
+            {"nodeid": t.nodeid, "outcome": t.outcome, "reason": t.reason} for t in record.tests
+        ],
+    }
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Checklist items by status, with the failed ones and the tests behind them."""
+    """Checklist items by status, with the failed ones and the tests behind them (tryfirst: the
+    verdict comes after it)."""
     if not _has_checklist_tests(config):
         return
     tr = terminalreporter
     results = _results(config)
+    if not results:
+        return
     counts = Counter(r.status for r in results)
     tr.section("etlverify checklist")
     target = _target_of(config)
@@ -374,13 +425,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         + f" (of {len(results)})"
     )
     for result in results:
-        if result.status is ItemStatus.FAILED:
-            tr.write_line(f"FAILED  {result.item.id}: {result.item.text}", red=True)
+        if result.status is Status.FAILED:
+            tr.write_line(f"FAILED  {result.id}: {result.text}", red=True)
             for test in result.tests:
                 tr.write_line(f"    {test.outcome:<8} {test.nodeid}")
     for result in results:
-        if result.status is ItemStatus.SKIPPED:
-            tr.write_line(f"SKIPPED {result.item.id}: {result.reason}", yellow=True)
+        if result.status in (Status.SKIPPED, Status.INCONCLUSIVE):
+            label = "SKIPPED" if result.status is Status.SKIPPED else "UNSURE "
+            tr.write_line(f"{label} {result.id}: {result.reason}", yellow=True)
     files = []
     htmlpath = getattr(config.option, "htmlpath", None)
     xmlpath = getattr(config.option, "xmlpath", None)
@@ -414,8 +466,16 @@ class HtmlChecklist:
     def pytest_html_results_summary(
         self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
     ) -> None:
-        """Add the target and the checklist table under the summary."""
+        """Add the verdict with a link to the sign-off report, the target, the checklist table."""
         config = session.config
+        judged = config.stash.get(SUMMARY_KEY, None)
+        if judged is not None:
+            verdict = html.escape(judged.verdict.value)
+            prefix.append(
+                f"<p id='etlverify-verdict'><b>etlverify verdict: {verdict}</b> (exit code "
+                f"{judged.exit_code}) - the sign-off report with the evidence: "
+                "<a href='signoff.html'>signoff.html</a></p>"
+            )
         target = _target_of(config)
         if target is not None:
             prefix.append(
@@ -427,7 +487,7 @@ class HtmlChecklist:
         for result in _results(config):
             tests = "<br>".join(html.escape(f"{t.outcome}: {t.nodeid}") for t in result.tests)
             rows.append(
-                f"<tr><td>{html.escape(result.item.id)}</td><td>{html.escape(result.item.text)}"
+                f"<tr><td>{html.escape(result.id)}</td><td>{html.escape(result.text)}"
                 f"</td><td>{result.status.value}</td><td>{html.escape(result.reason)}</td>"
                 f"<td>{tests}</td></tr>"
             )

@@ -18,6 +18,8 @@ Options: ``--operator NAME`` (ETLPLUS_OPERATOR, default $USER) and ``--signoff R
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from etlverify.pytest_plugin._state import OUTCOMES_KEY
+from etlverify.pytest_plugin._state import OUTCOMES_KEY, SUMMARY_KEY
 from etlverify.pytest_plugin.markers import checklist_ids, get_checklist
 from etlverify.pytest_plugin.options import get_settings
 from etlverify.pytest_plugin.reporting import results_path
 from etlverify.pytest_plugin.target import get_run
+from etlverify.pytest_plugin.targethealth import FACT_PROPERTY, current_health
+from etlverify.report.causes import FailureFact, diagnose
 from etlverify.report.evidence import performance_lines, scrub, section_evidence, truncate
 from etlverify.report.summary import (
     Finding,
@@ -41,20 +45,23 @@ from etlverify.report.summary import (
 )
 from etlverify.report.verdict import (
     EXIT_CHECKS_FAILED,
+    EXIT_INCONCLUSIVE,
     EXIT_PROMOTE,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     build_items,
     decide,
     exit_code_for,
+    fold_blocking,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Generator, Sequence
     from pathlib import Path
 
     from etlverify.baseline import Baseline, Comparison
     from etlverify.measure import RunResult
+    from etlverify.report.summary import RunIdentity
     from etlverify.target import Target
 
 __all__ = ["SIGNOFF_KEY", "PerfHandOver", "SignoffState", "get_signoff", "record_performance"]
@@ -102,6 +109,8 @@ class SignoffState:
     signoff_path: Path | None = None
     perf: PerfHandOver | None = None
     note: str = ""
+    #: every failed check, classified (`etlverify.pytest_plugin.targethealth.failure_fact`)
+    facts: list[FailureFact] = field(default_factory=list)
 
 
 SIGNOFF_KEY = pytest.StashKey[SignoffState]()
@@ -191,6 +200,235 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.pluginmanager.unregister(plugin)
 
 
+# -- superseded evidence, and a summary for a run that stops early -------------------------------
+
+#: the reports this run rewrites; removed before it starts, so none of an older run is left beside
+#: this run's junit.xml and report.html
+_SUPERSEDED = (SUMMARY_NAME, SIGNOFF_NAME, "checklist_results.json")
+_EARLY_KEY = pytest.StashKey[str]()  # when the run started (UTC, ISO 8601), set before configure
+_NOT_RUNS = ("help", "version", "showfixtures", "show_fixtures_per_test", "markers")
+
+
+def _judges_nothing(config: pytest.Config) -> bool:
+    """--help, --version, --fixtures, --markers and the offline runs leave reports/ alone."""
+    option = config.option
+    return any(getattr(option, name, False) for name in _NOT_RUNS) or bool(
+        option.collectonly
+        or getattr(option, "setupplan", False)
+        or getattr(option, "setuponly", False)
+        or getattr(option, "etl_checklist", False)
+    )
+
+
+def _writes_evidence(config: pytest.Config) -> bool:
+    """Whether this run's summary belongs in reports/: it points at the verification suites, or
+    it turned out to be a verification run (a selected test names a checklist item)."""
+    from etlverify.pytest_plugin.reporting import _targets_verification
+
+    state = config.stash.get(SIGNOFF_KEY, None)
+    if state is not None and state.verification:
+        return True
+    try:
+        return _targets_verification(config)
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.ExitCode, int]:
+    """Before the run: remove the summaries it will rewrite. After it: if it stopped before
+    writing its own (a usage error in the options, the settings or the baseline, Ctrl-C before
+    the tests were selected, an unreachable target at session start, nothing collected), write
+    summary.json with the reason and keep the exit code.
+
+    trylast: the innermost wrapper, so a `pytest.UsageError` is seen here with its message before
+    `options.pytest_cmdline_main` turns it into exit code 2.
+    """
+    if hasattr(config, "workerinput") or _judges_nothing(config):
+        return (yield)
+    config.stash[_EARLY_KEY] = _now()
+    if _writes_evidence(config):
+        folder = _reports_dir(config)
+        for name in _SUPERSEDED:
+            with contextlib.suppress(OSError):
+                (folder / name).unlink(missing_ok=True)
+    try:
+        ret = yield
+    except pytest.UsageError as exc:
+        _stopped(config, EXIT_USAGE, "usage error: " + "; ".join(str(a) for a in exc.args))
+        raise
+    code = int(ret)
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        _stopped(config, code, _STOPPED_REASONS.get(code, f"pytest ended with exit status {code}"))
+    return ret
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> Generator[None]:
+    """A command line pytest cannot parse (``--no-such-option``) ends the run right after this hook
+    with pytest's exit code 4, before any hook that could write a summary. So once every option
+    is known (the conftests are loaded), parse the command line the way pytest is about to, and if
+    it fails, remove the summaries of an older run and write one that says why.
+
+    Only a plugin loaded before the conftests (the ``pytest11`` entry point, ``-p``) gets here.
+    """
+    result = yield
+    ns = early_config.known_args_namespace
+    if getattr(ns, "help", False) or getattr(ns, "version", False):
+        return result
+    import copy
+
+    try:
+        parser.parse(list(args), namespace=copy.copy(early_config.option))
+    except pytest.UsageError as exc:
+        lines = [ln for a in exc.args for ln in str(a).splitlines() if ln.strip()]
+        why = next((ln.split(" error: ", 1)[1] for ln in lines if " error: " in ln), None)
+        _unparsable(early_config, ns, why or "; ".join(lines[:1]))
+    except Exception:  # PrintHelp and the like: pytest's own parse decides
+        pass
+    return result
+
+
+def _unparsable(config: pytest.Config, ns: Any, message: str) -> None:
+    """Supersede the reports of an older run and leave a summary naming the usage error."""
+    from pathlib import Path
+
+    invoked = Path(config.invocation_params.dir)
+    htmlpath = getattr(ns, "htmlpath", None)
+    folder = Path(htmlpath).parent if htmlpath else config.rootpath / "reports"
+    folder = folder if folder.is_absolute() else invoked / folder
+    suites = (config.rootpath / "verification").resolve()
+    paths = [str(a).split("::", 1)[0] for a in getattr(ns, "file_or_dir", None) or []]
+    points = not paths or any(
+        (p := (invoked / a).resolve()) == suites or suites in p.parents or p in suites.parents
+        for a in paths
+    )
+    if not points:
+        return
+    for name in _SUPERSEDED:
+        with contextlib.suppress(OSError):
+            (folder / name).unlink(missing_ok=True)
+    started = _now()
+    base_url = getattr(ns, "etlplus_base_url", None) or os.environ.get("ETLPLUS_BASE_URL") or None
+    secrets = tuple(
+        v for v in (os.environ.get("ETLPLUS_TOKEN"), os.environ.get("ETLPLUS_PASSWORD")) if v
+    )
+    text = scrub(f"usage error: {message}", secrets)
+    finding = Finding("error", "", f"the run could not judge: {text}")
+    summary = Summary(
+        verdict=PromotionVerdict.INCOMPLETE,
+        exit_code=EXIT_USAGE,
+        undecided=(finding,),
+        fingerprint={"target_url": base_url, "embedded": base_url is None},
+        started_at=started,
+        finished_at=started,
+        performance={"available": False, "reason": "the run stopped before it measured"},
+        error={"exit_code": int(pytest.ExitCode.USAGE_ERROR), "message": text},
+        run=_run_block(None, started, started, base_url),
+    )
+    with contextlib.suppress(OSError):
+        write_summary(folder / SUMMARY_NAME, summary)
+
+
+_STOPPED_REASONS = {
+    2: "interrupted before the tests were selected or judged (Ctrl-C, or errors during "
+    "collection: see the run's output)",
+    3: "pytest ended with exit status 3 before judging (target unreachable, or an internal "
+    "error: see the run's output)",
+    4: "usage error (see the run's output)",
+    5: "no test was collected or selected: nothing was verified",
+}
+
+
+def _stopped(config: pytest.Config, code: int, reason: str) -> None:
+    """summary.json for a run that ended without judging, unless the run wrote its own."""
+    state = config.stash.get(SIGNOFF_KEY, None)
+    if (state is not None and state.summary is not None) or not _writes_evidence(config):
+        return
+    from etlverify import __version__
+    from etlverify.pytest_plugin._state import RUN_KEY
+    from etlverify.report.fingerprint import operator_name
+
+    secrets = [os.environ.get(v, "") for v in ("ETLPLUS_TOKEN", "ETLPLUS_PASSWORD")]
+    if state is not None:
+        secrets += state.secrets
+    message = scrub(reason, tuple(s for s in secrets if s))
+    cli_url = getattr(config.option, "etlplus_base_url", None)
+    base_url = cli_url or os.environ.get("ETLPLUS_BASE_URL") or None
+    run = config.stash.get(RUN_KEY, None)
+    started = state.started_at if state is not None else config.stash.get(_EARLY_KEY, _now())
+    finished = _now()
+    kept = code if code in (EXIT_USAGE, EXIT_UNREACHABLE, 5) else EXIT_USAGE
+    unreachable = kept == EXIT_UNREACHABLE
+    finding = Finding("error", "", f"the run could not judge: {message}")
+    operator = operator_name(getattr(config.option, "etl_operator", None), os.environ)[0]
+    summary = Summary(
+        verdict=PromotionVerdict.DO_NOT_PROMOTE if unreachable else PromotionVerdict.INCOMPLETE,
+        exit_code=kept,
+        blocking=(finding,) if unreachable else (),
+        undecided=() if unreachable else (finding,),
+        fingerprint={
+            "target_url": base_url,
+            "embedded": base_url is None,
+            "suite_version": __version__,
+            "operator": operator,
+            "run_id": run.run_id if run is not None else "",
+        },
+        kind="pytest",
+        started_at=started,
+        finished_at=finished,
+        signoff=state.signoff if state is not None else (),
+        performance={"available": False, "reason": "the run stopped before it measured"},
+        error={"exit_code": code, "message": message},
+        run=_run_block(run, started, finished, base_url),
+    )
+    folder = _reports_dir(config)
+    with contextlib.suppress(OSError):
+        write_summary(folder / SUMMARY_NAME, summary)
+    if state is not None:
+        state.summary_path = folder / SUMMARY_NAME
+
+
+def _run_block(run: Any, started: str, finished: str, base_url: str | None) -> RunIdentity:
+    """The identity of a run that never reached its target (no version or build known)."""
+    from etlverify.report.summary import RunIdentity as Identity
+    from etlverify.report.summary import run_identity
+
+    data = run_identity(
+        tool="pytest",
+        run_id=run.run_id if run is not None else None,
+        started_at=started,
+        finished_at=finished,
+        target_url=base_url,
+        embedded=base_url is None,
+    )
+    return Identity.from_json(data)
+
+
+def _identity(config: pytest.Config, state: SignoffState, finished: str) -> RunIdentity:
+    """The ``run`` block of this run's summary: its id, times and the target it verified."""
+    from etlverify.report.summary import RunIdentity as Identity
+    from etlverify.report.summary import run_identity
+
+    settings = get_settings(config)
+    target = _target(config)
+    data = run_identity(
+        tool="pytest",
+        run_id=get_run(config).run_id,
+        started_at=state.started_at,
+        finished_at=finished,
+        target_url=target.base_url if target is not None else settings.base_url,
+        embedded=target.embedded if target is not None else settings.base_url is None,
+        target_version=target.version if target is not None else None,
+        build_commit=target.commit if target is not None else None,
+        config_sha256=target.loaded_sha256("config") if target is not None else None,
+        flags_sha256=target.loaded_sha256("feature_flags") if target is not None else None,
+    )
+    return Identity.from_json(data)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -229,13 +467,38 @@ class _Recorder:
         if any(self.state.selected.values()):
             self.state.verification = True
             # A stale verdict from an earlier run must never be read as this run's.
+            # (Usually gone already: the pytest_cmdline_main wrapper removes them before the run;
+            # not when the run does not point at the verification suites but selects their items.)
             folder = _reports_dir(self.config)
-            for name in (SUMMARY_NAME, SIGNOFF_NAME):
-                (folder / name).unlink(missing_ok=True)
+            for name in _SUPERSEDED:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink(missing_ok=True)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None]:
+        """The last word: after pytest's own summary line, the verdict and the sign-off report
+        (tryfirst wrapper: outside the terminal reporter's, which prints that line)."""
+        result = yield
+        state = self.state
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if state.summary is not None and tr is not None:
+            summary = state.summary
+            tr.write_line(
+                f"etlverify: {summary.verdict.value} (exit code {summary.exit_code}) - "
+                f"sign-off report: {state.signoff_path}",
+                bold=True,
+                **_colour(summary),
+            )
+        return result
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Keep duration, failure text, captured output and user properties (redacted)."""
         ev = self.state.evidence.setdefault(report.nodeid, _Evidence())
+        if report.failed:
+            for key, value in report.user_properties:
+                if key == FACT_PROPERTY:
+                    with contextlib.suppress(ValueError, TypeError):
+                        self.state.facts.append(FailureFact.from_json(json.loads(str(value))))
         ev.duration_s += float(getattr(report, "duration", 0.0) or 0.0)
         secrets = self.state.secrets
         if report.failed:
@@ -248,6 +511,8 @@ class _Recorder:
             ev.blocks = [truncate(scrub(b, secrets)) for b in section_evidence(report.sections)]
             for key, value in report.user_properties:
                 if key == "checklist":
+                    continue
+                if key == FACT_PROPERTY:
                     continue
                 if key == "performance":
                     lines, verdicts = performance_lines(value)
@@ -418,6 +683,8 @@ def _build(session: pytest.Session, exitstatus: int, state: SignoffState) -> Sum
         extra_blocking=blocking,
         extra_undecided=env_findings,
     )
+    primary = diagnose(_facts(state, by_item))
+    blocks = fold_blocking(blocks, items, primary)
     blocks_setting = _inconclusive_blocks(config)
     code = _exit_code(session, status, verdict, blocks_setting, bool(outcomes))
     if code == EXIT_CHECKS_FAILED and verdict is not PromotionVerdict.DO_NOT_PROMOTE:
@@ -425,6 +692,7 @@ def _build(session: pytest.Session, exitstatus: int, state: SignoffState) -> Sum
         blocks = (*blocks, Finding("run", "", "pytest reported failures (exit status 1)"))
         verdict = PromotionVerdict.DO_NOT_PROMOTE
     target = _target(config)
+    health = current_health(config)
     token = settings.token
     flags, flags_source = _flags(target, token, settings.request_timeout)
     from etlverify.report.fingerprint import build_fingerprint
@@ -441,6 +709,7 @@ def _build(session: pytest.Session, exitstatus: int, state: SignoffState) -> Sum
         baseline=baseline,
         run_id=run.run_id,
     )
+    finished = _now()
     return Summary(
         verdict=verdict,
         exit_code=code,
@@ -453,12 +722,30 @@ def _build(session: pytest.Session, exitstatus: int, state: SignoffState) -> Sum
         kind="pytest",
         inconclusive_blocks=blocks_setting,
         started_at=state.started_at,
-        finished_at=_now(),
+        finished_at=finished,
         signoff=state.signoff,
         performance=perf,
         error=error,
         unmapped_tests=tuple(unmapped),
+        run=_identity(config, state, finished),
+        primary=primary,
+        health=health.summary() if health is not None else {},
+        pacing=tuple(p.line() for p in health.pacing.values()) if health is not None else (),
     )
+
+
+def _facts(state: SignoffState, by_item: dict[str, list[TestRecord]]) -> list[FailureFact]:
+    """The classified failures, plus a plain one for a failed test that left none."""
+    facts = list(state.facts)
+    known = {f.nodeid for f in facts}
+    for records in by_item.values():
+        for record in records:
+            if record.outcome in ("failed", "error") and record.nodeid not in known:
+                known.add(record.nodeid)
+                line = next((ln for ln in record.reason.splitlines() if ln.strip()), "failed")
+                name = record.nodeid.rsplit("::", 1)[-1]
+                facts.append(FailureFact(record.nodeid, name, "contract", line.strip()[:300]))
+    return facts
 
 
 def _exit_code(
@@ -478,13 +765,16 @@ def _exit_code(
     return code
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Judge once, write summary.json and signoff.html, and set the gate's exit code."""
+    """Judge once, write summary.json and signoff.html, and set the gate's exit code (tryfirst:
+    pytest-html's report and checklist_results.json are written from this judgement)."""
     config = session.config
     state = get_signoff(config)
     if state is None or hasattr(config, "workerinput") or _offline(config):
         return
+    if int(session.exitstatus) == pytest.ExitCode.USAGE_ERROR:
+        return  # a UsageError (e.g. a broken baseline): pytest_cmdline_main writes it, with why
     outcomes = config.stash.get(OUTCOMES_KEY, {})
     if not (state.verification or any(o.item_ids for o in outcomes.values())):
         return
@@ -499,6 +789,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     except Exception as exc:  # summary.json and the exit code still count
         state.note = f"signoff.html could not be written: {type(exc).__name__}: {exc}"
     state.summary = summary
+    config.stash[SUMMARY_KEY] = summary
     session.exitstatus = summary.exit_code
 
 
@@ -530,25 +821,41 @@ def _write_report(path: Path, summary: Summary) -> None:
     write_signoff(path, shown)
 
 
+_MAX_FINDINGS = 12
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """The verdict, what blocks it, what a person must decide, and where the report is."""
+    """The verdict: primary findings (root cause first), what blocks, what a person must decide."""
     state = get_signoff(config)
     if state is None or state.summary is None:
         return
     summary = state.summary
     tr = terminalreporter
-    colour = {
-        PromotionVerdict.PROMOTE: {"green": True},
-        PromotionVerdict.DO_NOT_PROMOTE: {"red": True},
-        PromotionVerdict.INCOMPLETE: {"yellow": True},
-    }[summary.verdict]
+    colour = _colour(summary)
     tr.section("etlverify verdict", bold=True, **colour)
     tr.write_line(f"{summary.verdict.value} (exit code {summary.exit_code})", bold=True, **colour)
-    _lines(tr, "blocking", summary.blocking, red=True)
+    if summary.primary:
+        tr.write_line("primary findings (root cause first):")
+        for number, cause in enumerate(summary.primary[:_MAX_FINDINGS], 1):
+            tr.write_line(f"  {number}. {cause.sentence}", red=True)
+            extra = [ln for ln in cause.lines if ln != cause.sentence]
+            for line in extra[:3]:
+                tr.write_line(f"       {line}")
+            if len(extra) > 3:
+                tr.write_line(f"       ... and {len(extra) - 3} more (summary.json)")
+        if len(summary.primary) > _MAX_FINDINGS:
+            rest = len(summary.primary) - _MAX_FINDINGS
+            tr.write_line(f"  ... and {rest} more findings (summary.json, signoff.html)")
+    _blocking(tr, summary.blocking)
     _lines(tr, "for a person to decide", summary.undecided, yellow=True)
+    if summary.pacing:
+        tr.write_line("paced to stay within the target's rate limits:")
+        for line in summary.pacing:
+            tr.write_line(f"  {line}")
     if summary.verdict is PromotionVerdict.INCOMPLETE and summary.exit_code == EXIT_PROMOTE:
         tr.write_line(
-            "warning: INCOMPLETE does not block (exit 0); --inconclusive-blocks makes it exit 4",
+            "warning: INCOMPLETE does not block (exit 0); --inconclusive-blocks makes it exit "
+            f"{EXIT_INCONCLUSIVE}; `etlverify gate` decides in CI",
             yellow=True,
         )
     cov = summary.coverage
@@ -557,9 +864,32 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"scope: {cov['in_scope']} of {cov['automated']} automated checklist items were in "
             f"this run's selection; the other {cov['outside_selection']} are reported as not run"
         )
-    tr.write_line(f"sign-off report: {state.signoff_path}  summary: {state.summary_path}")
+    tr.write_line(f"summary: {state.summary_path}")
     if state.note:
         tr.write_line(state.note, red=True)
+
+
+def _colour(summary: Summary) -> dict[str, bool]:
+    return {
+        PromotionVerdict.PROMOTE: {"green": True},
+        PromotionVerdict.DO_NOT_PROMOTE: {"red": True},
+        PromotionVerdict.INCOMPLETE: {"yellow": True},
+    }[summary.verdict]
+
+
+def _blocking(tr: Any, findings: Sequence[Finding]) -> None:
+    """Blocking findings; failed items that point at primary findings are listed once, short."""
+    if not findings:
+        return
+    items = [f for f in findings if f.kind == "item" and "primary finding" in f.text]
+    others = [f for f in findings if f not in items]
+    _lines(tr, "blocking", others, red=True)
+    if items:
+        tr.write_line(f"blocking checklist items ({len(items)}), by primary finding:")
+        for finding in items[: _MAX_FINDINGS * 2]:
+            tr.write_line(f"  {finding.ref}: {finding.text.removeprefix('failed - ')}", red=True)
+        if len(items) > _MAX_FINDINGS * 2:
+            tr.write_line(f"  ... and {len(items) - _MAX_FINDINGS * 2} more (summary.json)")
 
 
 def _lines(tr: Any, title: str, findings: Sequence[Finding], **markup: bool) -> None:

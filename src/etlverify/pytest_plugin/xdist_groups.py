@@ -39,4 +39,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
             item._id = coerce_node_id(new_id)
         else:  # pytest < 9.2 stores the string itself
-            item._nodeid = new_id  # type: ignore[attr-defined]
+            item._nodeid = new_id  # type: ignore[attr-defined,unused-ignore]

@@ -8,41 +8,70 @@ is removed or changes meaning (adding an optional field does not).
 Key order in the file is fixed: ``verdict`` first (a person running ``head summary.json`` sees it),
 then the reasons, items, metrics, fingerprint, and ``schema_version`` last.
 
+Every summary (pytest, Locust, and any later source the gate reads) carries a ``run`` block, its
+identity: run id, pipeline run id (``ETLPLUS_PIPELINE_RUN_ID``), start and end time, target URL and
+target fingerprint, and the tool that wrote it. `run_identity()` builds the block (the Locust side
+imports it), `RunIdentity.from_json()` / `parse_run()` read it back; `etlverify gate` refuses a
+summary whose identity is missing, partial, too old, or from another pipeline run or target.
+
 Everything here is plain data: dataclasses with ``to_json()``/``from_json()``; the verdict rules
 live in `etlverify.report.verdict`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from etlverify.errors import EtlVerifyError
+from etlverify.report.causes import Cause
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
 __all__ = [
+    "EXIT_CODES",
+    "PIPELINE_RUN_ENV",
     "SCHEMA_VERSION",
+    "TOOLS",
     "Finding",
     "ItemRecord",
     "MetricRecord",
     "PromotionVerdict",
+    "RunIdentity",
     "Status",
     "Summary",
     "SummaryError",
     "TestRecord",
     "TriggerRecord",
     "load_summary",
+    "normalize_url",
+    "parse_run",
+    "parse_time",
+    "pipeline_run_id",
+    "run_identity",
+    "target_fingerprint",
+    "utc_now",
     "write_summary",
 ]
 
 SCHEMA_VERSION = 1
 KINDS = ("pytest", "locust", "merged")
+#: the environment variable CI sets once for all steps of one pipeline run
+PIPELINE_RUN_ENV = "ETLPLUS_PIPELINE_RUN_ID"
+#: the tools that write summaries (``run.tool``)
+TOOLS = ("pytest", "locust", "watch")
+#: exit codes a pytest summary may record: the run's own (docs/exit-codes.md), 5 for a run that
+#: selected nothing; 4 was INCOMPLETE before 11 took its place, and such summaries are still read
+EXIT_CODES = frozenset({0, 1, 2, 3, 4, 5, 11})
 
 
 class SummaryError(EtlVerifyError, ValueError):
@@ -338,6 +367,219 @@ class Finding:
         )
 
 
+# -- run identity ------------------------------------------------------------------------------
+
+
+def utc_now() -> str:
+    """The current time, UTC, ISO 8601 to the second (``2025-01-31T12:00:00Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: object) -> datetime | None:
+    """An ISO 8601 time (``Z`` or an offset; none means UTC), or None when it is not one."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def normalize_url(url: str | None) -> str | None:
+    """A base URL in one spelling: scheme and host lower case, no credentials, no default port,
+    no trailing slash (``HTTP://Ops:pw@Staging:80/`` -> ``http://staging``); None stays None."""
+    if url is None or not url.strip():
+        return None
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return text.rstrip("/")
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    return f"{scheme}://{host}{path}" if scheme else text.rstrip("/")
+
+
+def _known(value: object) -> str | None:
+    """A fact of the target, or None when it is unknown (``?``, empty, absent)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", "?") else text
+
+
+def target_fingerprint(
+    *,
+    target_url: str | None,
+    embedded: bool = False,
+    version: str | None = None,
+    build_commit: str | None = None,
+    config_sha256: str | None = None,
+    flags_sha256: str | None = None,
+) -> str | None:
+    """A short stable hash (16 hex digits) of what identifies the target; None when nothing does.
+
+    A deployed target is its normalized base URL, version, build commit and the sha256 of its loaded
+    config and flags (each where known). The embedded reference is started by each run on a free
+    port from the same defaults, so it is identified by ``embedded``, version and build commit: a
+    pytest run and a Locust run of the same reference agree.
+    """
+    facts: dict[str, str | None] = {
+        "target": "embedded" if embedded else normalize_url(target_url),
+        "version": _known(version),
+        "build_commit": _known(build_commit),
+        "config_sha256": None if embedded else _known(config_sha256),
+        "flags_sha256": None if embedded else _known(flags_sha256),
+    }
+    if embedded and facts["version"] is None and facts["build_commit"] is None:
+        return None  # an embedded reference that never started: nothing identifies it
+    if facts["target"] is None:
+        return None
+    blob = json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """The ``run`` block of a summary: which run wrote it, when, against what, with which tool.
+
+    Missing fields are empty strings (``id``, ``started_at``, ``tool``) or None; `missing()` names
+    the ones a gate needs. Readers ignore keys they do not know (a Locust summary's ``run`` also
+    holds its load layout and counters).
+    """
+
+    id: str = ""
+    pipeline_run_id: str | None = None
+    started_at: str = ""
+    finished_at: str | None = None
+    target_url: str | None = None
+    target_fingerprint: str | None = None
+    tool: str = ""
+
+    def missing(self) -> list[str]:
+        """The fields a gate needs that are absent or not a time (``run.id``, ...)."""
+        out = []
+        if not self.id:
+            out.append("run.id")
+        if parse_time(self.started_at) is None:
+            out.append("run.started_at")
+        if parse_time(self.finished_at) is None:
+            out.append("run.finished_at")
+        if self.tool not in TOOLS:
+            out.append("run.tool")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form, in the documented key order."""
+        return {
+            "id": self.id,
+            "pipeline_run_id": self.pipeline_run_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "target_url": self.target_url,
+            "target_fingerprint": self.target_fingerprint,
+            "tool": self.tool,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunIdentity:
+        """Read a ``run`` block; `ValueError` when it is not an object or a field has a wrong type
+        (absent fields are allowed here: `missing()` names them)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"field 'run': expected an object, got {type(data).__name__}")
+        values: dict[str, str | None] = {}
+        for key in (
+            "id",
+            "pipeline_run_id",
+            "started_at",
+            "finished_at",
+            "target_url",
+            "target_fingerprint",
+            "tool",
+        ):
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"field 'run.{key}': expected a string or null, got {value!r}")
+            values[key] = value or None
+        return cls(
+            id=values["id"] or "",
+            pipeline_run_id=values["pipeline_run_id"],
+            started_at=values["started_at"] or "",
+            finished_at=values["finished_at"],
+            target_url=values["target_url"],
+            target_fingerprint=values["target_fingerprint"],
+            tool=values["tool"] or "",
+        )
+
+
+def parse_run(summary: Any) -> RunIdentity | None:
+    """The identity of a summary document (any tool's), or None when it has no ``run`` block;
+    `ValueError` when the block is malformed."""
+    if not isinstance(summary, dict) or summary.get("run") is None:
+        return None
+    return RunIdentity.from_json(summary["run"])
+
+
+def pipeline_run_id(env: Mapping[str, str] | None = None) -> str | None:
+    """``ETLPLUS_PIPELINE_RUN_ID`` of `env` (default: the process environment), None if unset."""
+    environ = os.environ if env is None else env
+    value = environ.get(PIPELINE_RUN_ENV, "").strip()
+    return value or None
+
+
+def run_identity(
+    *,
+    tool: str,
+    run_id: str | None = None,
+    started_at: str | None = None,
+    finished_at: str | None = None,
+    target_url: str | None = None,
+    embedded: bool = False,
+    target_version: str | None = None,
+    build_commit: str | None = None,
+    config_sha256: str | None = None,
+    flags_sha256: str | None = None,
+    pipeline_run: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``run`` block of a summary, as JSON (docs/report-schema.md, "run").
+
+    `pipeline_run` defaults to ``ETLPLUS_PIPELINE_RUN_ID`` of `env` (the process environment when
+    `env` is None); `run_id` to a fresh random id; `started_at` to now. The target URL is written
+    without credentials. Call it when the run ends, with the facts of the target it verified.
+    """
+    if tool not in TOOLS:
+        raise ValueError(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}")
+    url = normalize_url(target_url)
+    identity = RunIdentity(
+        id=run_id or secrets.token_hex(8),
+        pipeline_run_id=pipeline_run if pipeline_run is not None else pipeline_run_id(env),
+        started_at=started_at or utc_now(),
+        finished_at=finished_at,
+        target_url=url,
+        target_fingerprint=target_fingerprint(
+            target_url=url,
+            embedded=embedded,
+            version=target_version,
+            build_commit=build_commit,
+            config_sha256=config_sha256,
+            flags_sha256=flags_sha256,
+        ),
+        tool=tool,
+    )
+    return identity.to_json()
+
+
 @dataclass(frozen=True)
 class Summary:
     """Everything the sign-off report shows and the gate decides on, as one JSON document."""
@@ -359,6 +601,13 @@ class Summary:
     locust: Mapping[str, Any] | None = None
     error: Mapping[str, Any] | None = None
     unmapped_tests: tuple[TestRecord, ...] = ()
+    run: RunIdentity | None = None
+    #: the run's primary findings, root cause first (`etlverify.report.causes.diagnose`)
+    primary: tuple[Cause, ...] = ()
+    #: the target's health through the run (`etlverify.health.TargetHealth.summary()`)
+    health: Mapping[str, Any] = field(default_factory=dict)
+    #: what the suite had to pace to stay within the target's rate limits, one line each
+    pacing: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -385,10 +634,12 @@ class Summary:
         return {
             "verdict": self.verdict.value,
             "exit_code": self.exit_code,
+            "primary_findings": [c.to_json() for c in self.primary],
             "blocking": [f.to_json() for f in self.blocking],
             "undecided": [f.to_json() for f in self.undecided],
             "kind": self.kind,
             "inconclusive_blocks": self.inconclusive_blocks,
+            "run": None if self.run is None else self.run.to_json(),
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "counts": self.counts,
@@ -401,6 +652,8 @@ class Summary:
             "locust": None if self.locust is None else dict(self.locust),
             "signoff": [{"role": role, "name": name} for role, name in self.signoff],
             "error": None if self.error is None else dict(self.error),
+            "health": dict(self.health),
+            "pacing": list(self.pacing),
             "fingerprint": dict(self.fingerprint),
             "schema_version": self.schema_version,
         }
@@ -424,8 +677,9 @@ class Summary:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         code = data.get("exit_code")
-        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 4:
-            raise ValueError(f"exit_code must be 0..4, got {code!r}")
+        if isinstance(code, bool) or not isinstance(code, int) or code not in EXIT_CODES:
+            codes = ", ".join(str(c) for c in sorted(EXIT_CODES))
+            raise ValueError(f"exit_code must be one of {codes}, got {code!r}")
         locust = data.get("locust")
         error = data.get("error")
         signoff = []
@@ -451,6 +705,12 @@ class Summary:
             locust=dict(locust) if isinstance(locust, dict) else None,
             error=dict(error) if isinstance(error, dict) else None,
             unmapped_tests=tuple(TestRecord.from_json(t) for t in _list(data, "unmapped_tests")),
+            run=parse_run(data),
+            primary=tuple(
+                Cause.from_json(c) for c in _list(data, "primary_findings") if isinstance(c, dict)
+            ),
+            health=_dict(data, "health"),
+            pacing=tuple(str(p) for p in _list(data, "pacing")),
         )
 
 

@@ -24,15 +24,17 @@ Verdict (only automated items *in scope* count: those with a test selected in th
 3. **PROMOTE** otherwise. Manual items never block: they are listed to tick on the sign-off sheet.
    A rollback trigger that could not be observed (UNKNOWN) is shown but does not decide.
 
-Exit codes: 0 PROMOTE, 1 DO NOT PROMOTE, 2 usage or configuration error, 3 target unreachable,
-4 INCOMPLETE when inconclusive blocks (``--inconclusive-blocks`` / ETLPLUS_INCONCLUSIVE_BLOCKS),
-else 0 for INCOMPLETE with a warning.
+Exit codes of a verification run: 0 PROMOTE, 1 DO NOT PROMOTE, 2 usage or configuration error,
+3 target unreachable, 11 INCOMPLETE when inconclusive blocks (``--inconclusive-blocks`` /
+ETLPLUS_INCONCLUSIVE_BLOCKS; outside pytest's own 0-5, the same number as the gate's INCOMPLETE),
+else 0 for INCOMPLETE with a warning. `etlverify gate` has its own table (`etlverify.gate`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from etlverify.report.causes import findings_of
 from etlverify.report.summary import (
     Finding,
     ItemRecord,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from etlverify.checklist import Checklist, Item
+    from etlverify.report.causes import Cause
 
 __all__ = [
     "EXIT_CHECKS_FAILED",
@@ -57,6 +60,7 @@ __all__ = [
     "build_items",
     "decide",
     "exit_code_for",
+    "fold_blocking",
     "item_status",
     "worst",
 ]
@@ -65,7 +69,8 @@ EXIT_PROMOTE = 0
 EXIT_CHECKS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-EXIT_INCONCLUSIVE = 4
+#: not 4: pytest answers a usage error with 4 (docs/exit-codes.md)
+EXIT_INCONCLUSIVE = 11
 
 FAILED_OUTCOMES = frozenset({"failed", "error"})
 PASSED_OUTCOMES = frozenset({"passed", "xpassed"})
@@ -231,6 +236,37 @@ def decide(
     else:
         verdict = PromotionVerdict.PROMOTE
     return verdict, tuple(blocking), tuple(undecided)
+
+
+def fold_blocking(
+    blocking: Sequence[Finding], items: Sequence[ItemRecord], primary: Sequence[Cause]
+) -> tuple[Finding, ...]:
+    """Blocking findings with each failed item told once, pointing at the primary findings behind
+    it ("failed - <item>: see primary finding 1") instead of repeating every check's failure."""
+    numbers = findings_of(primary)
+    by_id = {i.id: i for i in items}
+    out = []
+    for finding in blocking:
+        item = by_id.get(finding.ref) if finding.kind == "item" else None
+        if item is None:
+            out.append(finding)
+            continue
+        failed = [t for t in item.tests if t.outcome in FAILED_OUTCOMES]
+        refs = sorted({n for t in failed for n in numbers.get(t.nodeid, ())})
+        if not refs or len(refs) > 5 or not failed:
+            out.append(finding)
+            continue
+        which = ", ".join(str(n) for n in refs)
+        plural = "s" if len(refs) > 1 else ""
+        out.append(
+            Finding(
+                finding.kind,
+                finding.ref,
+                f"failed - {item.text} ({len(failed)} check(s); primary finding{plural} {which})",
+                finding.source,
+            )
+        )
+    return tuple(out)
 
 
 def exit_code_for(

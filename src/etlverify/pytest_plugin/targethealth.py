@@ -1,0 +1,263 @@
+"""The target's health through the run, failures classified, order of checks, check time limits.
+
+- **Health.** Every client reports to one `etlverify.health.TargetHealth` per target; this module
+  tells it which check is running, so its events say "first seen in test_x".
+- **Failures classified.** `failure_fact` turns a failed check's exception into a
+  `FailureFact` (blocked, transport, contract, not-json, rate-limited, timeout, error) tied to the
+  health event behind it; `PlainFailure` text for every failure, never a traceback, an exception
+  group or an object repr. The sign-off folds the facts into the primary findings.
+- **Order.** Cheap, decisive checks first (``smoke``: health, routes, the error contract), then
+  the performance measurements, then the other checks, and the heavy ones last (``heavy``: load,
+  fuzzing, hundreds of connections), so a target that a heavy check exhausts has already been
+  judged on the rest.
+- **Out of time.** pytest-timeout stays the last guard, but its expiry is reported like any other
+  failure (what the check was waiting for, for how long), without its stack dumps.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from etlverify.errors import CheckFailed, TargetError
+from etlverify.health import TargetBlocked, TargetHealth, health_for, reset_health
+from etlverify.pytest_plugin.target import get_run
+from etlverify.report.causes import FailureFact
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+__all__ = ["CheckTimedOut", "current_health", "failure_fact", "failure_text", "tier"]
+
+FACT_PROPERTY = "etl_failure"
+_TIERS = {"smoke": 0, "perf_uses": 1, "heavy": 3}
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+class CheckTimedOut(TargetError):
+    """A check ran out of its time (pytest-timeout's limit, capped by the run timeout)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "timeout")
+
+
+def current_health(config: pytest.Config) -> TargetHealth | None:
+    """The health view of the run's target in this process (None before it is known)."""
+    run = get_run(config)
+    return health_for(run.target.base_url) if run.target is not None else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Markers, and a clean health registry for this run (pytester runs share the process)."""
+    config.addinivalue_line(
+        "markers", "smoke: a cheap, decisive check (health, routes, error contract): runs first"
+    )
+    config.addinivalue_line(
+        "markers", "heavy: load, fuzzing or many connections: runs after every other check"
+    )
+    reset_health()
+
+
+def tier(item: pytest.Item) -> int:
+    """0 smoke, 1 performance measurement, 2 the rest, 3 heavy."""
+    for name, rank in _TIERS.items():
+        if item.get_closest_marker(name) is not None:
+            return rank
+    return 2
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None]:
+    """After every other plugin has ordered and selected: a stable sort by tier."""
+    result = yield
+    items.sort(key=tier)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """Tell the health view which check is running."""
+    health = current_health(item.config)
+    if health is not None:
+        health.check = item.name
+    try:
+        return (yield)
+    finally:
+        if health is not None:
+            health.check = ""
+
+
+# -- time limits --------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """Arm pytest-timeout's limit with a handler that fails the check with a plain message."""
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own thread method (it ends the process)
+    limit = float(settings.timeout)
+    started = time.time()
+
+    def handler(signum: int, frame: Any) -> None:
+        raise CheckTimedOut(_timeout_message(item, limit, started))
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    return True
+
+
+def _timeout_message(item: pytest.Item, limit: float, started: float) -> str:
+    health = current_health(item.config)
+    waiting = ""
+    if health is not None and health.in_flight:
+        what, since = min(health.in_flight.values(), key=lambda v: v[1])
+        waiting = f"; it was waiting for {what} (sent {time.time() - since:.0f} s earlier)"
+    return (
+        f"ran out of time: no result within {limit:g} s (the per-check limit, capped by the run "
+        f"timeout){waiting}"
+    )
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def _location(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    try:
+        entry = excinfo.traceback[-1]
+        return f" ({entry.path}:{entry.lineno + 1})"
+    except (IndexError, AttributeError):
+        return ""
+
+
+def _clean(text: str) -> str:
+    return _OBJECT_REPR.sub(lambda m: f"<{m.group(1).rsplit('.', 1)[-1]}>", text)
+
+
+def _leaf_text(exc: BaseException) -> str:
+    if isinstance(exc, (CheckFailed, TargetError)):
+        return str(exc)
+    if isinstance(exc, pytest.fail.Exception):
+        return str(exc.msg or "failed")
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def failure_text(
+    item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException], header: str
+) -> str:
+    """The failure as people read it: our message for our exceptions, one line with the place for
+    anything else, each leaf of an exception group once; never a traceback or an object repr."""
+    leaves = _leaves(excinfo.value)
+    texts: list[str] = []
+    for leaf in leaves:
+        if isinstance(leaf, (CheckFailed, TargetError, pytest.fail.Exception)):
+            text = _leaf_text(leaf)
+        else:
+            text = f"the check itself broke: {_leaf_text(leaf)}{_location(excinfo)}"
+        if text not in texts:
+            texts.append(text)
+    body = "\n".join(texts)
+    if header and not body.startswith(item.name):
+        body = f"{header}\n{body}"
+    return _clean(body)
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, TargetBlocked) or getattr(exc, "kind", "") == "blocked":
+        return "blocked"
+    if isinstance(exc, CheckTimedOut):
+        return "timeout"
+    if isinstance(exc, TargetError):
+        kind = exc.kind
+        if kind == "not-json":
+            return "not-json"
+        return "transport"
+    if isinstance(exc, CheckFailed):
+        if exc.expected == "a JSON body" or "expected a JSON body" in exc.what:
+            return "not-json"
+        if "HTTP 429" in exc.got:
+            return "rate-limited"
+        return "contract"
+    if isinstance(exc, pytest.fail.Exception):
+        return "contract"
+    return "error"
+
+
+def _event_for(
+    exc: BaseException, item: pytest.Item, health: TargetHealth | None
+) -> dict[str, Any] | None:
+    if isinstance(exc, TargetBlocked):
+        return dict(exc.event.to_json())
+    if health is None or not isinstance(exc, TargetError):
+        return None
+    # the check whose own request found the target down, or a handshake that never completed
+    for event in reversed(health.events):
+        if event.check == item.name and event.kind.value in (
+            "not-answering",
+            "gone",
+            "ws-handshake",
+            "keepalive-hang",
+        ):
+            return dict(event.to_json())
+    down = health.down or health.ws_down
+    if down is not None and exc.kind in ("timeout", "refused", "dropped", "ws-handshake"):
+        return dict(down.to_json())
+    return None
+
+
+def failure_fact(
+    item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException], items: tuple[str, ...]
+) -> FailureFact:
+    """The classified failure of `item` (its first leaf decides the kind)."""
+    leaves = _leaves(excinfo.value)
+    kinds = [_kind(leaf) for leaf in leaves]
+    # a group's most telling leaf: a health-tied one, else the first
+    health = current_health(item.config)
+    index = 0
+    for i, leaf in enumerate(leaves):
+        if _event_for(leaf, item, health) is not None:
+            index = i
+            break
+    leaf = leaves[index]
+    line = _clean(_first_line(_leaf_text(leaf)))
+    if line.startswith(item.name + ":"):
+        line = line[len(item.name) + 1 :].strip()
+    if kinds[index] == "error":
+        line = f"{line}{_location(excinfo)}"
+    if isinstance(leaf, CheckFailed) and (leaf.expected or leaf.got):
+        line = f"{line} (expected {leaf.expected or '?'}, got {leaf.got or '?'})"
+    curl = leaf.curl if isinstance(leaf, CheckFailed) else ""
+    if not curl and isinstance(leaf, TargetError) and "Reproduce with: " in str(leaf):
+        curl = str(leaf).split("Reproduce with: ", 1)[1].splitlines()[0]
+    return FailureFact(
+        curl=curl,
+        nodeid=item.nodeid,
+        check=item.name,
+        kind=kinds[index],
+        line=line[:300],
+        at=time.time(),
+        event=_event_for(leaf, item, health),
+        items=items,
+    )

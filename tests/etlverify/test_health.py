@@ -91,6 +91,14 @@ def server_factory() -> Iterator[Callable[[Callable[[socket.socket, int], None]]
         server.close()
 
 
+def _closed_port_url() -> str:
+    """A loopback URL nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
 def _silent(conn: socket.socket, number: int) -> None:
     """Accept, read, never answer (a target that stopped answering)."""
     with contextlib.suppress(OSError):
@@ -119,10 +127,7 @@ def test_a_silent_target_is_waited_on_once_then_blocked_at_once(server_factory: 
 
 
 def test_a_refusing_port_is_gone(server_factory: Callable) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = _closed_port_url()
     health = TargetHealth(url, probe_timeout=0.5)
     with EtlClient(url, timeout=1.0, health=health) as client, pytest.raises(TargetError):
         client.get("/api/health")
@@ -224,10 +229,7 @@ def test_without_pacing_a_429_is_returned(server_factory: Callable) -> None:
 
 
 def test_planned_downtime_blocks_nothing(server_factory: Callable) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = _closed_port_url()
     health = TargetHealth(url, probe_timeout=0.5)
     client = EtlClient(url, timeout=1.0, health=health)
     with health.planned("restart"), pytest.raises(TargetError):

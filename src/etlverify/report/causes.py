@@ -181,6 +181,19 @@ def _with_curl(fact: FailureFact) -> str:
     return f"{fact.check}: {fact.line}" + (f" -- {fact.curl}" if fact.curl else "")
 
 
+def _group(kind: str, template: str, group: Sequence[FailureFact]) -> Cause:
+    """One finding for several checks that failed the same way (`template`: {n}, {first})."""
+    return Cause(
+        kind=kind,
+        sentence=template.format(n=len(group), first=group[0].check),
+        first_check=group[0].check,
+        at=_iso(group[0].at),
+        checks=_unique([f.nodeid for f in group]),
+        lines=_unique([_with_curl(f) for f in group]),
+        items=_unique([i for f in group for i in f.items]),
+    )
+
+
 def _unique(lines: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(lines))
 
@@ -217,21 +230,11 @@ def diagnose(facts: Sequence[FailureFact]) -> tuple[Cause, ...]:
     if len(with_query) >= 2 and sum("400" in f.line for f in with_query) * 2 >= len(with_query):
         rest = [f for f in rest if f not in with_query]
         causes.append(
-            Cause(
-                kind="query-string",
-                sentence=f"requests with a query string are refused: {len(with_query)} check(s) "
-                f"whose request carried one failed, most with HTTP 400 (first in "
-                f"{with_query[0].check})",
-                first_check=with_query[0].check,
-                at=_iso(with_query[0].at),
-                checks=_unique([f.nodeid for f in with_query]),
-                lines=_unique(
-                    [
-                        f"{f.check}: {f.line}" + (f" -- {f.curl}" if f.curl else "")
-                        for f in with_query
-                    ]
-                ),
-                items=_unique([i for f in with_query for i in f.items]),
+            _group(
+                "query-string",
+                "requests with a query string are refused: {n} check(s) whose request carried "
+                "one failed, most with HTTP 400 (first in {first})",
+                with_query,
             )
         )
     grouped = {
@@ -245,22 +248,7 @@ def diagnose(facts: Sequence[FailureFact]) -> tuple[Cause, ...]:
     for kind, template in grouped.items():
         group = [f for f in rest if f.kind == kind]
         if group:
-            causes.append(
-                Cause(
-                    kind=kind,
-                    sentence=template.format(n=len(group), first=group[0].check),
-                    first_check=group[0].check,
-                    at=_iso(group[0].at),
-                    checks=_unique([f.nodeid for f in group]),
-                    lines=_unique(
-                        [
-                            f"{f.check}: {f.line}" + (f" -- {f.curl}" if f.curl else "")
-                            for f in group
-                        ]
-                    ),
-                    items=_unique([i for f in group for i in f.items]),
-                )
-            )
+            causes.append(_group(kind, template, group))
     seen: set[str] = set()
     for kind in ("contract", "timeout", "error", "blocked"):
         for fact in (f for f in rest if f.kind == kind):

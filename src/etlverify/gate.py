@@ -538,6 +538,8 @@ def locust_part(
         m.verdict == "INCONCLUSIVE" for m in metrics
     ):
         reasons = [str(r) for r in data.get("incomplete") or [] if r]
+        if not reasons and data.get("reason"):  # rate limited, interrupted, a worker missing
+            reasons = [str(data["reason"])]
         text = "; ".join(reasons) if reasons else f"baseline comparison {raw}"
         undecided.append(Finding("run" if reasons else "environment", "", text, source))
     own, b, u = decide((), metrics, triggers, extra_blocking=blocking, extra_undecided=undecided)

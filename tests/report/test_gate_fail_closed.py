@@ -508,3 +508,17 @@ def test_help_description_is_whole() -> None:
     first = " ".join((cli.__doc__ or "").split("\n\n", 1)[0].split())
     assert first.endswith(".")
     assert first in " ".join(proc.stdout.split())
+
+
+def test_a_rate_limited_locust_run_blocks_with_its_reason(tmp_path: Path) -> None:
+    """A Locust run the target rate-limited (exit 5) judges nothing: the gate says why."""
+    env = {PIPELINE_RUN_ENV: "ci-5-1"}
+    _pytest_summary(tmp_path)
+    path = locust_step(tmp_path, "ci-5-1", verdict="INCOMPLETE")
+    data = json.loads(path.read_text())
+    reason = "RATE LIMITED: 86.1% of requests were answered 429 (limit 30 per 60 s)"
+    data.update(exit_code=5, reason=reason, metrics=[])
+    path.write_text(json.dumps(data))
+    result = run_gate(tmp_path, env=env, render=False)
+    assert result.exit_code == 11, result.lines
+    assert any(reason in line for line in result.lines), result.lines

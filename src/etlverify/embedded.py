@@ -7,6 +7,7 @@ then talks to it over the network and the deployment folder, as it would to a de
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -23,11 +24,21 @@ import httpx
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["EmbeddedTarget", "EmbeddedTargetError", "deep_merge", "free_port"]
+__all__ = [
+    "SUITE_CONFIG_OVERRIDES",
+    "EmbeddedTarget",
+    "EmbeddedTargetError",
+    "deep_merge",
+    "describe_overrides",
+    "free_port",
+    "overrides_digest",
+]
 
 #: Overrides the suite applies to an embedded target's default config: fast hot reload so a run
 #: stays short, and the upstream per-minute rate limits raised so that one client (the suite) can
-#: create the jobs it needs. Rate limiting itself is tested with its own, low, limits.
+#: create the jobs it needs. Rate limiting itself is tested with its own, low, limits. The run
+#: header prints them (`describe_overrides()`); a deployed target keeps its own config, and the
+#: performance section says so when its limits rate-limit the load (429s are not a verdict).
 SUITE_CONFIG_OVERRIDES: dict[str, Any] = {
     "config": {"reload_interval_s": 1.0},
     "feature_flags": {"reload_interval_s": 1.0},
@@ -43,6 +54,64 @@ SUITE_CONFIG_OVERRIDES: dict[str, Any] = {
         }
     },
 }
+
+
+#: The contract's upstream per-minute limits (ETLPLUS_CONTRACT.md section 6), for the header.
+CONTRACT_RATE_LIMITS: dict[str, int] = {
+    "/api/auth/login": 5,
+    "/api/auth/logout": 10,
+    "/api/auth/profile": 30,
+    "/api/logs": 60,
+    "/api/jobs": 30,
+    "/api/monitor": 120,
+    "/api/health": 300,
+}
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        out: list[tuple[str, Any]] = []
+        for key in sorted(value):
+            out += _flatten(f"{prefix}.{key}" if prefix else str(key), value[key])
+        return out
+    return [(prefix, value)]
+
+
+def describe_overrides(overrides: dict[str, Any] | None = None) -> list[str]:
+    """What the suite changes in the embedded target's default config, for the run header.
+
+    One line for the reload intervals and one for the rate limits (each with the contract's
+    default), e.g. ``rate limits raised for the suite's one client: /api/jobs 30 -> 100000/min``.
+    """
+    data = SUITE_CONFIG_OVERRIDES if overrides is None else overrides
+    rules = data.get("rate_limits", {}).get("rules", {})
+    rest = {k: v for k, v in data.items() if k != "rate_limits"}
+    extra = {k: v for k, v in data.get("rate_limits", {}).items() if k != "rules"}
+    if extra:
+        rest["rate_limits"] = extra
+    lines: list[str] = []
+    if rest:
+        lines.append(
+            "embedded target config overrides: "
+            + ", ".join(f"{key} {value!r}" for key, value in _flatten("", rest))
+        )
+    if rules:
+        parts = [
+            f"{route} {CONTRACT_RATE_LIMITS.get(route, '?')} -> {limit}/min"
+            for route, limit in sorted(rules.items())
+        ]
+        lines.append(
+            "embedded target rate limits raised for the suite (one client creates every job; "
+            "rate limiting is checked with its own low limits): " + ", ".join(parts)
+        )
+    return lines
+
+
+def overrides_digest(overrides: dict[str, Any] | None = None) -> str:
+    """A short digest of the config overrides (part of a machine baseline's target config)."""
+    data = SUITE_CONFIG_OVERRIDES if overrides is None else overrides
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 class EmbeddedTargetError(RuntimeError):

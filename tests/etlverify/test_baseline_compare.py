@@ -268,3 +268,80 @@ def test_sustained_shift_still_fails(tmp_path: Path) -> None:
     base = as_baseline(tmp_path, lognormal_run(1), lognormal_run(3))
     result = by_stat(compare(base, lognormal_run(2, scale=1.25), "p95:10%,+1ms").results, "p95")
     assert result.verdict is Verdict.FAIL, result.line()  # type: ignore[attr-defined]
+
+
+# -- machines: a baseline from other hardware never yields a verdict, least of all "improved" ----
+
+
+def _fp(load: LoadParameters, **kw: object) -> Fingerprint:
+    return Fingerprint(load=load.to_json(), cpu_count=2, **kw)  # type: ignore[arg-type]
+
+
+def test_baseline_from_other_cpu_is_inconclusive_not_improved(tmp_path: Path) -> None:
+    path = tmp_path / "other.json"
+    slow_machine = _fp(LOAD, cpu_model="Slow CPU 1.0GHz")
+    record(path, lognormal_run(1, median_ms=8.0), environment=slow_machine)
+    base = load(path)
+    # This machine is twice as fast: every window is far below the baseline.
+    here = _fp(LOAD, cpu_model="Fast CPU 4.0GHz")
+    run = lognormal_run(2, median_ms=4.0)
+    cmp = compare(base, run, "p50:10%,+1ms", environment=here)
+    (p50,) = cmp.results
+    assert p50.verdict is Verdict.INCONCLUSIVE
+    assert "recorded on another CPU ('Slow CPU 1.0GHz'; this run 'Fast CPU 4.0GHz')" in p50.reason
+    assert "as measured it would be PASS (improved" in p50.reason
+    assert cmp.verdict is Verdict.INCONCLUSIVE
+    assert [m.field for m in cmp.foreign] == ["cpu_model"]
+    # the numbers stay, for people to read
+    assert p50.change_pct is not None
+    assert p50.change_pct < -40
+    # explicitly allowed: judged as measured, the difference still listed
+    allowed = compare(base, run, "p50:10%,+1ms", environment=here, allow_foreign=True)
+    assert allowed.results[0].verdict is Verdict.PASS
+    assert "improved" in allowed.results[0].reason
+    assert "not comparable" in allowed.format()
+
+
+def test_baseline_without_cpu_model_cannot_vouch_for_its_hardware(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    record(path, lognormal_run(1), environment=_fp(LOAD))  # no cpu_model: an old file
+    cmp = compare(load(path), lognormal_run(2), environment=_fp(LOAD, cpu_model="AMD EPYC"))
+    assert all(r.verdict is Verdict.INCONCLUSIVE for r in cmp.results), cmp.format()
+    assert "does not record its cpu_model" in cmp.results[0].reason
+
+
+def test_other_target_configuration_is_inconclusive(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    record(path, lognormal_run(1), environment=_fp(LOAD, cpu_model="X", target_config="a"))
+    here = _fp(LOAD, cpu_model="X", target_config="b")
+    cmp = compare(load(path), lognormal_run(2), environment=here)
+    assert all(r.verdict is Verdict.INCONCLUSIVE for r in cmp.results)
+    assert "under another target configuration" in cmp.results[0].reason
+    same = _fp(LOAD, cpu_model="X", target_config="a")
+    assert compare(load(path), lognormal_run(2), environment=same).verdict is Verdict.PASS
+
+
+# -- noise-derived floors --------------------------------------------------------------------
+
+
+def test_noise_floor_catches_25_percent_that_a_fixed_2ms_floor_hides() -> None:
+    """A 5 ms route whose windows scatter by ~0.1 ms, slowed by 25% (1.25 ms): a +2 ms floor
+    passes it; a floor of 2 sd of the baseline windows fails it."""
+    base = constant_metric([4.9, 5.0, 5.1, 5.0, 4.95, 5.05, 5.0, 4.9, 5.1, 5.0])
+    slowed = constant_metric([6.2, 6.25, 6.3, 6.2, 6.3])
+    fixed = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2ms"), base, slowed)
+    assert fixed.verdict is Verdict.PASS, fixed.line()
+    noise = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2sd"), base, slowed)
+    assert noise.verdict is Verdict.FAIL, noise.line()
+    assert "(floor 0.141 ms)" in noise.tolerance  # 2 sd of the windows; 10% (0.5 ms) governs
+    unchanged = constant_metric([5.0, 5.05, 4.95, 5.1, 4.9])
+    same = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2sd"), base, unchanged)
+    assert same.verdict is Verdict.PASS, same.line()
+
+
+def test_noise_floor_widens_with_a_noisy_baseline() -> None:
+    """Windows that scatter by ~1 ms: 2 sd (~2 ms) is the allowance, not 10% (0.5 ms)."""
+    base = constant_metric([4.0, 6.0, 5.0, 3.8, 6.2, 5.0, 4.5, 5.5, 4.2, 5.8])
+    bit_slower = constant_metric([5.6, 5.7, 5.8, 5.6, 5.7])
+    verdict = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2sd"), base, bit_slower)
+    assert verdict.verdict is not Verdict.FAIL, verdict.line()

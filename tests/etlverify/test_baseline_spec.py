@@ -154,3 +154,19 @@ def test_allowance_is_max_of_relative_and_floor(stat: str, rel: float, floor: fl
     text = f"{stat}:{sign}{_num(rel)}%,{sign}{_num(floor)}{unit}".replace("+", "", 1)
     spec = parse_spec(text)
     assert spec.allowed_change(100.0) == pytest.approx(max(rel, floor))
+
+
+def test_noise_floor_unit_sd() -> None:
+    spec = parse_spec("p50:10%,+2sd")
+    assert spec.noise_floor
+    assert spec.absolute_value is None
+    assert str(spec) == "p50:10%,+2sd"
+    assert spec.describe() == "10% +2 sd"
+    assert spec.allowed_change(5.0, noise_sd=0.1) == pytest.approx(0.5)  # 10% is larger
+    assert spec.allowed_change(5.0, noise_sd=0.5) == pytest.approx(1.0)  # 2 sd is larger
+    assert spec.allowed_change(5.0) == pytest.approx(0.5)  # no windows known: 10% only
+    assert spec.fails(5.0, 6.1, noise_sd=0.5)
+    assert not spec.fails(5.0, 5.9, noise_sd=0.5)
+    assert parse_spec("throughput:-10%,-2sd").allowed_change(100.0, 8.0) == pytest.approx(16.0)
+    with pytest.raises(ValueError, match="points the wrong way"):
+        parse_spec("p95:-2sd")

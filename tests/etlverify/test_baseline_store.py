@@ -196,13 +196,31 @@ def test_fingerprint_mismatches_are_graded() -> None:
     found = {m.field: m.severity for m in compare_fingerprints(ENV, other)}
     assert found == {
         "load.rate_rps": Severity.ERROR,
-        "cpu_count": Severity.WARNING,
+        "cpu_count": Severity.FOREIGN,
         "flags.flags": Severity.WARNING,
         "target_version": Severity.INFO,
     }
     assert compare_fingerprints(ENV, ENV) == ()
     line = str(compare_fingerprints(ENV, other)[0])
     assert line == "error: load.rate_rps differs (baseline 100.0, current 50.0)"
+
+
+def test_other_hardware_or_target_config_is_foreign() -> None:
+    here = Fingerprint(**{**ENV.__dict__, "cpu_model": "AMD EPYC", "target_config": "embedded:a"})
+    other_cpu = Fingerprint(**{**here.__dict__, "cpu_model": "Intel Xeon"})
+    found = compare_fingerprints(other_cpu, here)
+    assert [(m.field, m.severity) for m in found] == [("cpu_model", Severity.FOREIGN)]
+    assert "recorded on another CPU ('Intel Xeon'; this run 'AMD EPYC')" in str(found[0])
+    # a baseline from before cpu_model was stored cannot vouch for its hardware
+    old = Fingerprint(**{**here.__dict__, "cpu_model": None})
+    (m,) = compare_fingerprints(old, here)
+    assert m.severity is Severity.FOREIGN
+    assert "does not record its cpu_model" in m.describe()
+    # another target configuration: foreign when both are known, information when one is not
+    other_cfg = Fingerprint(**{**here.__dict__, "target_config": "embedded:b"})
+    assert [m.severity for m in compare_fingerprints(other_cfg, here)] == [Severity.FOREIGN]
+    unknown_cfg = Fingerprint(**{**here.__dict__, "target_config": None})
+    assert [m.severity for m in compare_fingerprints(unknown_cfg, here)] == [Severity.INFO]
 
 
 def test_fingerprint_collect_reads_status_and_flags_bodies() -> None:

@@ -6,6 +6,10 @@ the response-time test) are shared by the tests; each test then runs the section
 unchanged (passes), with +50% latency injected on /api/jobs (fails, naming metric, baseline,
 current, tolerance and p-value, and refuses `--baseline-record`), with no baseline (skips with the
 way to record one), and with a broken or mismatched baseline file (one line, exit code 4).
+Then: the machine baseline (first use records its measurement into the cache, INCONCLUSIVE; the
+next run is judged against it), and a reference with the contract's default rate limits (429s are
+named, not judged, and
+`--baseline-record` says so instead of "refused: tests failed").
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import httpx
 import pytest
 
 from etlverify.baseline import load
-from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget
+from etlverify.baseline.machine import CACHE_ENV
+from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget, describe_overrides
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -271,3 +276,102 @@ def test_record_file_is_reviewable_json(baseline_file: Path) -> None:
         "GET /api/jobs/{id}",
         "POST /api/jobs",
     ]
+
+
+def test_machine_baseline_first_use_is_recorded_then_judges_the_next_run(
+    pytester: pytest.Pytester,
+    run_args: tuple[str, ...],
+    faulty_target: EmbeddedTarget,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    args = ("--base-url", faulty_target.base_url, "--baseline", "machine", *LOAD, *SELECT)
+    first = _run(pytester, run_args, *args, *WIDE_TOLERANCE)
+    out = first.stdout.str()
+    phase = "performance: measuring (first use: recording this machine's baseline) routes"
+    assert phase + " (4 key routes, open load 100 rps, 10 s): window" in out
+    assert re.search(r"measured routes in [\d.]+ s \(first use: recorded as this machine's", out)
+    assert re.search(
+        r"baseline recorded on this machine on \d{4}-\d\d-\d\d \d\d:\d\d UTC \(first use: "
+        r"routes recorded from this run, judged from the next run on; " + re.escape(str(cache)),
+        out,
+    ), out
+    # measured once; compared with itself it could not fail, so it is INCONCLUSIVE, said why
+    assert out.count("performance: measured routes in") == 1
+    outcomes = first.parseoutcomes()
+    assert not outcomes.get("failed"), out
+    assert not outcomes.get("passed"), out
+    assert "INCONCLUSIVE against baseline" in out
+    assert "there is no earlier baseline to compare it with" in out
+    (stored,) = cache.glob("*.json")
+    baseline = load(stored)
+    assert baseline.environment.cpu_model
+    assert sorted(baseline.metrics) == sorted(
+        ["GET /api/health", "GET /api/jobs", "GET /api/jobs/{id}", "POST /api/jobs"]
+    )
+    # the section is already in place: run it again as it is
+    again = pytester.runpytest_subprocess(
+        *run_args, *PERF_ARGS, "-rs", *args, *WIDE_TOLERANCE, timeout=240
+    )
+    out2 = again.stdout.str()
+    assert "first use:" not in out2
+    assert "baseline recorded on this machine on " in out2
+    assert "(cached; " in out2
+    assert len(list(cache.glob("*.json"))) == 1
+    assert len(load(stored).runs) == 1  # used, not appended to
+
+
+@pytest.fixture(scope="module")
+def default_limits_target() -> Iterator[EmbeddedTarget]:
+    """A reference with the contract's default rate limits (no suite overrides)."""
+    target = EmbeddedTarget(enable_faults=True)
+    target.start()
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+def test_rate_limited_measurement_is_named_not_judged(
+    pytester: pytest.Pytester,
+    run_args: tuple[str, ...],
+    default_limits_target: EmbeddedTarget,
+    tmp_path: Path,
+) -> None:
+    """Ten users reading /api/jobs from ten identities for 5 s exceed its 30/min: 429s. It says
+    so (not PASS, not an error-rate FAIL) and --baseline-record refuses naming the limit."""
+    path = tmp_path / "limited.json"
+    result = _run(
+        pytester,
+        run_args,
+        "--base-url",
+        default_limits_target.base_url,
+        "--baseline",
+        str(path),
+        "--baseline-record",
+        # the default load: users read for 5 s, about 40 /api/jobs reads per identity
+        "--perf-duration",
+        "40",
+        "-k",
+        "concurrent_user_load",
+    )
+    out = result.stdout.str()
+    result.assert_outcomes(skipped=1)
+    assert re.search(
+        r"[\d.]+% of requests were rate limited \(429, limit 30 per 60 s on /api/jobs from the "
+        r"target's headers\): exempt the load generator or lower the load",
+        out,
+    ), out
+    assert re.search(r"--baseline-record refused: [\d.]+% of requests were rate limited", out), out
+    assert "record one with --baseline-record" not in out
+    assert "performance test(s) failed" not in out
+    assert not path.exists()
+
+
+def test_embedded_overrides_are_described() -> None:
+    lines = describe_overrides()
+    assert lines[0].startswith("embedded target config overrides: config.reload_interval_s 1.0")
+    assert "/api/jobs 30 -> 100000/min" in lines[1]
+    assert "/api/health 300 -> 100000/min" in lines[1]

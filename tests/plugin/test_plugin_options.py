@@ -75,6 +75,20 @@ def test_no_target_needed_no_probe(pytester: pytest.Pytester, run_args: tuple[st
     assert result.ret == 0
 
 
+def test_run_timeout_leaves_tests_that_never_touch_the_target_alone(
+    pytester: pytest.Pytester, run_args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project's own tests, in an environment where the plugin is merely installed, are not cut
+    by the verification run's timeout (nor given its per-check limit)."""
+    pytester.makepyfile(
+        "import time\ndef test_slow():\n    time.sleep(1.5)\ndef test_after():\n    pass\n"
+    )
+    monkeypatch.setenv("ETLPLUS_RUN_TIMEOUT", "1")
+    result = pytester.runpytest_subprocess(*run_args, "--base-url", "http://127.0.0.1:9")
+    result.assert_outcomes(passed=2)
+    assert "run timeout" not in result.stdout.str()
+
+
 def test_markers_are_registered_with_signatures(
     pytester: pytest.Pytester, run_args: tuple[str, ...]
 ) -> None:

@@ -1,10 +1,16 @@
-"""Fixtures of the performance validation: one session-level measurement run, judged once."""
+"""Fixtures of the performance validation: one session-level measurement run, judged once.
+
+`perf_run` hands the session's `PerfCollector` a way to measure; each group is then measured by
+the first test that reads it (`perf_run.group(request, name)`), in plan order, with a progress
+line on the terminal while it runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +21,8 @@ from etlverify.errors import TargetError
 from .scenarios import MEASURE, Context, budget_s
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from etlverify.client import EtlClient
     from etlverify.pytest_plugin.performance import GroupResult, PerfCollector
     from etlverify.settings import Settings
@@ -33,7 +41,9 @@ def _flags(etl_api: EtlClient) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _measure_bounded(group: str, ctx: Context) -> GroupResult:
+def _measure_bounded(
+    group: str, ctx: Context, tick: Callable[[float], None] | None = None
+) -> GroupResult:
     """Run one group's measurement on its own event loop in a thread, joined with a hard budget.
 
     The loads bound themselves, but a cancellation that never completes (a transport stuck in its
@@ -50,8 +60,12 @@ def _measure_bounded(group: str, ctx: Context) -> GroupResult:
 
     budget = budget_s(group, ctx.plan)
     worker = threading.Thread(target=main, name=f"etlverify-perf-{group}", daemon=True)
+    t0 = time.monotonic()
     worker.start()
-    worker.join(budget)
+    while worker.is_alive() and time.monotonic() - t0 < budget:
+        if tick is not None:
+            tick(time.monotonic() - t0)
+        worker.join(min(1.0, max(0.0, budget - (time.monotonic() - t0))))
     if worker.is_alive():
         frame = sys._current_frames().get(worker.ident or -1)
         where = "".join(traceback.format_stack(frame, limit=4)) if frame else "?"
@@ -69,8 +83,9 @@ def _measure_bounded(group: str, ctx: Context) -> GroupResult:
 def perf_run(
     etl_perf: PerfCollector, etl_target: Target, etl_api: EtlClient, etl_settings: Settings
 ) -> PerfCollector:
-    """Measure every group the selected performance tests read (`perf_uses`), in plan order, then
-    compare the whole run with the baseline once. Every load is bounded in count and time."""
+    """The session's collector, ready to measure: each group the selected performance tests read
+    (`perf_uses`) is measured by the first test that reads it, in plan order (`group()`), and
+    judged against the baseline. Every load is bounded in count and time."""
     etl_perf.set_environment(etl_target.status, _flags(etl_api))
     headers = {"Authorization": f"Bearer {etl_api.token}"} if etl_api.token else {}
     profiles = etl_settings.job_profiles
@@ -84,8 +99,5 @@ def perf_run(
         plan=etl_perf.plan,
         request_timeout=etl_settings.request_timeout,
     )
-    for group in etl_perf.needed:
-        if group not in etl_perf.groups:
-            etl_perf.add(_measure_bounded(group, ctx))
-    etl_perf.judge()
+    etl_perf.measurer = lambda group, _phase, tick: _measure_bounded(group, ctx, tick)
     return etl_perf

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from etlverify.pytest_plugin.performance import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Mapping
+    from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 #: What a job created under load writes to; the reference ignores it, a real server may not.
 TARGET_CONFIG = "sink=memory"
@@ -97,6 +98,45 @@ async def _probe_job(ctx: Context, client: httpx.AsyncClient) -> str:
     return job_id
 
 
+#: The contract's rate-limit window (fixed one-minute windows), when a 429 body does not say.
+CONTRACT_WINDOW_S = 60.0
+_PER_WINDOW = re.compile(r"per\s+(\d+(?:\.\d+)?)\s*s")
+
+
+async def rate_limit_facts(
+    client: httpx.AsyncClient, metrics: Mapping[str, MetricResult], specs: Sequence[RequestSpec]
+) -> dict[str, Any] | None:
+    """When the target answered 429: the lowest limit it advertises over the paths of the most
+    limited metric (`X-RateLimit-Limit`; window from a 429 body, else the contract's minute), and
+    on which route, else None. One GET per distinct path reads the headers (every answer under a
+    rule carries them; a metric can mix paths, e.g. the users' mixed reads).
+    """
+    counts = {name: int(m.merged.error_kinds.get("http_429", 0)) for name, m in metrics.items()}
+    worst = max(counts, key=lambda name: counts[name], default=None)
+    if worst is None or not counts[worst]:
+        return None
+    paths = list(dict.fromkeys(r.path for r in specs if r.metric == worst)) or ["/api/health"]
+    facts: dict[str, Any] = {"route": None, "limit": None, "window_s": None}
+    for path in paths:
+        try:
+            resp = await client.get(path, timeout=5.0)
+        except httpx.HTTPError:
+            continue
+        limit = resp.headers.get("x-ratelimit-limit", "").strip()
+        if not limit.isdigit() or (facts["limit"] is not None and int(limit) >= facts["limit"]):
+            continue
+        found = _PER_WINDOW.search(resp.text) if resp.status_code == 429 else None
+        route = path.split("?")[0]
+        if route.count("/") > 3:  # /api/jobs/<id>: name the route, not the job
+            route = route.rsplit("/", 1)[0] + "/{id}"
+        facts.update(
+            route=route,
+            limit=int(limit),
+            window_s=float(found.group(1)) if found else CONTRACT_WINDOW_S,
+        )
+    return facts
+
+
 async def _sample_until(
     client: httpx.AsyncClient, interval_s: float, stop: asyncio.Event
 ) -> ServerTrace:
@@ -150,6 +190,7 @@ async def measure_routes(ctx: Context) -> GroupResult:
         finally:
             stop.set()
             trace = await sampler
+        limited = await rate_limit_facts(client, run.metrics, specs)
     attempts = sum(m.count + m.errors for m in run.metrics.values())
     successes = sum(m.count for m in run.metrics.values())
     return GroupResult(
@@ -166,6 +207,7 @@ async def measure_routes(ctx: Context) -> GroupResult:
             "unsent": run.unsent,
             "longest_outage_s": run.longest_outage_s,
             "probe_job": job_id,
+            "rate_limit": limited,
         },
     )
 
@@ -185,6 +227,7 @@ async def measure_users(ctx: Context) -> GroupResult:
             )
         ]
         run = await run_closed(client, specs, load)
+        limited = await rate_limit_facts(client, run.metrics, specs)
     metric = run.metrics[USERS_METRIC]
     return GroupResult(
         name="users",
@@ -196,6 +239,7 @@ async def measure_users(ctx: Context) -> GroupResult:
             "errors": metric.errors,
             "error_kinds": dict(metric.merged.error_kinds),
             "throughput_rps": round(metric.count / load.duration_s, 3),
+            "rate_limit": limited,
         },
     )
 
@@ -239,6 +283,7 @@ async def measure_pool(ctx: Context) -> GroupResult:
         finally:
             stop.set()
             await poller
+        limited = await rate_limit_facts(client, run.metrics, [spec])
         # A pool that hands connections back returns to its resting level shortly after the load.
         rest_active = (before or {}).get("connections_active")
         settled: dict[str, Any] | None = None
@@ -267,6 +312,7 @@ async def measure_pool(ctx: Context) -> GroupResult:
             "jobs_created": metric.count,
             "errors": metric.errors,
             "error_kinds": dict(metric.merged.error_kinds),
+            "rate_limit": limited,
         },
     )
 

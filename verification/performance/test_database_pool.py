@@ -66,7 +66,7 @@ def test_database_connection_pooling(
     perf_run: PerfCollector, request: pytest.FixtureRequest
 ) -> None:
     """Pool counters sane, no new timeouts/failures, connections returned; creation vs baseline."""
-    group = perf_run.groups["pool"]
+    group = perf_run.group(request, "pool")
     facts = group.facts
     samples = [s for s in facts["samples"] if s]
     peak = max((s.get("connections_active") or 0 for s in samples), default=0)

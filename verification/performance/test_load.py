@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.post_deploy, pytest.mark.performance, pytest.mark.chec
 @pytest.mark.perf_uses("routes")
 def test_throughput_at_target_rate(perf_run: PerfCollector, request: pytest.FixtureRequest) -> None:
     """The key routes are served at the target rate; throughput and error rate vs baseline."""
-    facts = perf_run.groups["routes"].facts
+    facts = perf_run.group(request, "routes").facts
     intended, achieved = float(facts["intended_rps"]), float(facts["achieved_rps"])
     attempts = int(facts["attempts"])
     late_pct = 100.0 * int(facts["late"]) / attempts if attempts else 0.0
@@ -64,7 +64,7 @@ def test_throughput_at_target_rate(perf_run: PerfCollector, request: pytest.Fixt
 @pytest.mark.perf_uses("users")
 def test_concurrent_user_load(perf_run: PerfCollector, request: pytest.FixtureRequest) -> None:
     """N users looping over the read routes: no errors; service times and throughput vs baseline."""
-    group = perf_run.groups["users"]
+    group = perf_run.group(request, "users")
     metric = group.metrics[USERS_METRIC]
     measured = [f"{group.facts['users']} users", describe_metric(metric)]
     if metric.errors:

@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.post_deploy, pytest.mark.performance, pytest.mark.perf
 
 
 def _trace(perf_run: PerfCollector, request: pytest.FixtureRequest) -> ServerTrace:
-    trace = perf_run.groups["routes"].trace
+    trace = perf_run.group(request, "routes").trace
     if trace is None or len(trace.samples) - trace.failed < MIN_SAMPLES:
         got = "no samples" if trace is None else f"{len(trace.samples) - trace.failed} ok samples"
         raise CheckFailed(
@@ -103,7 +103,7 @@ def test_cpu_utilization(perf_run: PerfCollector, request: pytest.FixtureRequest
     for value in steady:
         streak = streak + 1 if value >= PEGGED_PCT else 0
         longest = max(longest, streak)
-    metrics = perf_run.groups["routes"].metrics.values()
+    metrics = perf_run.group(request, "routes").metrics.values()
     attempts = sum(m.count + m.errors for m in metrics)
     error_pct = 100.0 * sum(m.errors for m in metrics) / attempts if attempts else 0.0
     line = (

@@ -34,7 +34,7 @@ def test_response_times_within_baseline(
     perf_run: PerfCollector, request: pytest.FixtureRequest
 ) -> None:
     """Compare response times with baseline: every latency statistic of every key route."""
-    routes = perf_run.groups["routes"]
+    routes = perf_run.group(request, "routes")
     measured = [describe_metric(routes.metrics[name]) for name in ROUTE_METRICS]
     perf_run.report(
         request,

@@ -35,9 +35,13 @@ pytestmark = [
 
 def test_no_rollback_trigger_fired(perf_run: PerfCollector, request: pytest.FixtureRequest) -> None:
     """Response time degradation > 50% and error rate increase > 200% have not fired."""
+    perf_run.group(request, "routes")
     triggers = perf_run.triggers(("routes",))
     if triggers is None:
         pytest.skip(perf_run.no_baseline_reason())
+    foreign = perf_run.foreign_reason()
+    if foreign:
+        pytest.skip(f"INCONCLUSIVE: {foreign}")
     for trigger in triggers:
         print(trigger.line())
     request.node.user_properties.append(("rollback_triggers", [t.to_json() for t in triggers]))
@@ -46,7 +50,7 @@ def test_no_rollback_trigger_fired(perf_run: PerfCollector, request: pytest.Fixt
     if fired:
         raise CheckFailed(
             check=request.node.name,
-            what=f"rollback trigger fired against baseline {perf_run.settings.baseline}",
+            what=f"rollback trigger fired against baseline {perf_run.baseline_path}",
             expected="response time within +50% and error rate within +200% of the baseline",
             got="\n          ".join(t.line() for t in fired),
             items=checklist_ids(request.node),

@@ -31,7 +31,7 @@ pytestmark = [
 
 def test_websocket_push_throughput(perf_run: PerfCollector, request: pytest.FixtureRequest) -> None:
     """Every push delivered once and in order; push latency and rate vs baseline."""
-    group = perf_run.groups["ws"]
+    group = perf_run.group(request, "ws")
     f = group.facts
     rates = ", ".join(f"{r:.0f}" for r in f["messages_per_s"])
     measured = [

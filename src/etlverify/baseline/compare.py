@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -196,9 +196,14 @@ class Comparison:
         parts = [r.verdict for r in self.results]
         if self.rollback:
             parts.append(Verdict.FAIL)
-        if any(m.severity == "error" for m in self.environment):
+        if any(m.severity in ("error", "foreign") for m in self.environment):
             parts.append(Verdict.INCONCLUSIVE)
         return worst(parts)
+
+    @property
+    def foreign(self) -> tuple[Mismatch, ...]:
+        """Why the baseline does not describe this run's machine or target configuration."""
+        return tuple(m for m in self.environment if m.severity == "foreign")
 
     def failures(self) -> tuple[MetricVerdict, ...]:
         """The FAIL results."""
@@ -278,6 +283,10 @@ def _tail_needed(stat: str, min_tail: int) -> int | None:
     return math.ceil(min_tail / (1.0 - q / 100.0))
 
 
+def _unit(stat: str) -> str:
+    return "rps" if stat == "throughput" else "pp" if stat == "error_rate" else "ms"
+
+
 def _spread(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -328,6 +337,11 @@ def judge_metric(
         return MetricVerdict(metric, stat, v, reason, p_value=p, test=test, **numbers)
 
     base_vals, cur_vals = baseline.values(stat), current.values(stat)
+    # A noise-derived floor (`+2sd`) is the baseline windows' own spread, fixed by the baseline.
+    noise_sd = _spread(base_vals) if spec.noise_floor else None
+    if noise_sd is not None:
+        floor = spec.floor(noise_sd) or 0.0
+        numbers["tolerance"] = f"{tol} (floor {floor:.3g} {_unit(stat)})"
     floor_p = min_p_value(len(base_vals), len(cur_vals))
     if floor_p >= alpha:
         return verdict(
@@ -348,14 +362,14 @@ def judge_metric(
             )
     p = round(_mann_whitney(cur_vals, base_vals), 6)
     significant = p < alpha
-    allowed = spec.allowed_change(b)
-    beyond = spec.fails(b, c)
+    allowed = spec.allowed_change(b, noise_sd)
+    beyond = spec.fails(b, c, noise_sd)
     if beyond and significant:
         # Sustained or spikes? The pooled value can cross the tolerance through a few stalled
         # windows (another process on the host), which also make the windows "significant", as
         # windows of one run move together. FAIL needs the typical window beyond tolerance too.
         typical_b, typical_c = float(np.median(base_vals)), float(np.median(cur_vals))
-        if not spec.fails(typical_b, typical_c):
+        if not spec.fails(typical_b, typical_c, noise_sd):
             return verdict(
                 Verdict.INCONCLUSIVE,
                 f"beyond tolerance only through spike windows: the median window is "
@@ -411,6 +425,18 @@ def judge_metric(
     return verdict(Verdict.PASS, reason, p)
 
 
+def _not_comparable(result: MetricVerdict, why: str) -> MetricVerdict:
+    """INCONCLUSIVE, keeping the numbers and saying what the verdict would have been."""
+    if result.verdict is Verdict.INCONCLUSIVE:
+        return result
+    return replace(
+        result,
+        verdict=Verdict.INCONCLUSIVE,
+        reason=f"not comparable: {why}; as measured it would be {result.verdict.value} "
+        f"({result.reason}); use a baseline recorded on this machine",
+    )
+
+
 def compare(
     baseline: Baseline,
     run: RunResult,
@@ -420,11 +446,16 @@ def compare(
     min_tail: int = DEFAULT_MIN_TAIL,
     environment: Fingerprint | None = None,
     triggers: TriggerConfig | None = None,
+    allow_foreign: bool = False,
 ) -> Comparison:
     """Compare `run` with `baseline` under `specs` (default `DEFAULT_SPECS`); judge once.
 
     Metrics only in the run are INCONCLUSIVE ("no baseline; record one"). `environment` is the
-    run's fingerprint; without it only the load parameters are compared.
+    run's fingerprint; without it only the load parameters are compared. A baseline recorded on
+    other hardware or under another target configuration (FOREIGN fingerprint differences) turns
+    every metric verdict into INCONCLUSIVE naming the difference and what the verdict would have
+    been: another CPU shifts every route alike, so "PASS improved" there hides a regression.
+    `allow_foreign` keeps the verdicts (and still lists the differences).
     """
     parsed = parse_specs(specs)
     stats = list(dict.fromkeys(s.stat for s in parsed))
@@ -464,10 +495,15 @@ def compare(
         # Only the load is known about the run: compare that and nothing else.
         base_env = Fingerprint(load=baseline.environment.load)
         env = Fingerprint(load=run.load.to_json())
+    mismatches = compare_fingerprints(base_env, env)
+    foreign = [m for m in mismatches if m.severity == "foreign"]
+    if foreign and not allow_foreign:
+        why = "; ".join(m.describe() for m in foreign)
+        results = [_not_comparable(r, why) for r in results]
     return Comparison(
         results=tuple(results),
         triggers=evaluate_triggers(baseline.metrics, run, triggers),
-        environment=compare_fingerprints(base_env, env),
+        environment=mismatches,
         alpha=alpha,
         baseline_name=baseline.name,
     )

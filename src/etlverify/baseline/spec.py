@@ -15,6 +15,8 @@ Grammar (whitespace around tokens is ignored; statistic names are case-insensiti
     absolute   := [ sign ] NUMBER unit  us | ms | s  for latency statistics
                                         rps          for throughput
                                         pp           (percentage points) for error_rate
+                                        sd           any statistic: NUMBER times the baseline's
+                                                     window-to-window standard deviation
     sign       := "+" | "-"             optional; when given it must point the worse way:
                                         "+" for latency and error_rate, "-" for throughput
 
@@ -29,6 +31,12 @@ by more than the allowance. Examples::
     p95@GET /api/health*:25%,+1ms
     throughput:-10%         throughput may drop by 10%
     error_rate:+1pp         the error rate may rise by one percentage point
+    p50:10%,+2sd            p50 may rise by 10% or twice the baseline windows' spread
+
+*Noise-derived floors* (`sd`): the floor is a multiple of the standard deviation of the statistic
+over the baseline's trial windows, so it is derived from the measured noise of the machine and
+target the baseline was recorded on, not from a constant chosen elsewhere. A fixed `+2ms` floor on
+a 5 ms route hides a 25% slowdown (1.25 ms); `+2sd` there is a few tenths of a millisecond.
 
 When several specs match the same metric and statistic, the last one wins, so a scoped spec placed
 after a general one overrides it. Bad specs raise ValueError with a one-line message and, where the
@@ -79,6 +87,8 @@ _ALIASES = {
     "latency": "p95",
 }
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+#: The unit of a noise-derived floor: multiples of the baseline's window-to-window sd.
+NOISE_UNIT = "sd"
 _PCT = re.compile(r"^p(\d+(?:\.\d+)?)$")
 _BOUND = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(%|[a-z/]+)?$")
 
@@ -114,10 +124,15 @@ class ToleranceSpec:
 
     @property
     def absolute_value(self) -> float | None:
-        """The absolute bound in the statistic's unit (ms, rps or pp)."""
-        if self.absolute is None:
+        """The absolute bound in the statistic's unit (ms, rps or pp); None for an `sd` floor."""
+        if self.absolute is None or self.noise_floor:
             return None
         return self.absolute * _UNITS_MS.get(self.unit or "", 1.0)
+
+    @property
+    def noise_floor(self) -> bool:
+        """True when the floor is a multiple of the baseline's window-to-window sd."""
+        return self.unit == NOISE_UNIT
 
     @property
     def higher_is_worse(self) -> bool:
@@ -128,23 +143,33 @@ class ToleranceSpec:
         """Whether this spec applies to `metric`."""
         return self.scope is None or fnmatch.fnmatchcase(metric, self.scope)
 
-    def allowed_change(self, baseline: float) -> float:
+    def floor(self, noise_sd: float | None = None) -> float | None:
+        """The absolute floor in the statistic's unit: the fixed bound, or `absolute` times
+        `noise_sd` (the baseline's window-to-window sd) for an `sd` floor (0 when not known)."""
+        if self.absolute is None:
+            return None
+        if self.noise_floor:
+            return self.absolute * (noise_sd or 0.0)
+        return self.absolute_value
+
+    def allowed_change(self, baseline: float, noise_sd: float | None = None) -> float:
         """The largest tolerated worsening from `baseline`, in the statistic's unit."""
         rel = abs(baseline) * self.relative_pct / 100.0 if self.relative_pct is not None else None
+        floor = self.floor(noise_sd)
         if rel is None:
-            return self.absolute_value or 0.0
-        if self.absolute_value is None:
+            return floor or 0.0
+        if floor is None:
             return rel
-        return max(rel, self.absolute_value)
+        return max(rel, floor)
 
     def worsening(self, baseline: float, current: float) -> float:
         """How much worse `current` is than `baseline` (negative: better)."""
         return current - baseline if self.higher_is_worse else baseline - current
 
-    def fails(self, baseline: float, current: float) -> bool:
+    def fails(self, baseline: float, current: float, noise_sd: float | None = None) -> bool:
         """True when `current` is worse than `baseline` by more than the allowance."""
         # A relative epsilon keeps float noise (10% of 8.1 ms) from flipping an exact-limit case.
-        allowed = self.allowed_change(baseline)
+        allowed = self.allowed_change(baseline, noise_sd)
         return self.worsening(baseline, current) > allowed + 1e-9 * max(1.0, abs(baseline))
 
     def describe(self) -> str:
@@ -193,10 +218,10 @@ def _parse_stat(text: str, raw: str) -> str:
 
 def _bound_units(stat: str) -> dict[str, float]:
     if stat == "throughput":
-        return {"rps": 1.0, "/s": 1.0}
+        return {"rps": 1.0, "/s": 1.0, NOISE_UNIT: 1.0}
     if stat == "error_rate":
-        return {"pp": 1.0}
-    return _UNITS_MS
+        return {"pp": 1.0, NOISE_UNIT: 1.0}
+    return {**_UNITS_MS, NOISE_UNIT: 1.0}
 
 
 def parse_spec(text: str) -> ToleranceSpec:
@@ -258,10 +283,12 @@ def parse_spec(text: str) -> ToleranceSpec:
             continue
         if suffix not in units:
             ok = ", ".join(units)
+            # the noise unit is never the likely intent of a mistyped unit
+            plain = [u for u in units if u != NOISE_UNIT]
             close = (
-                list(units)
-                if len(units) == 1
-                else difflib.get_close_matches(suffix, list(units), n=1, cutoff=0.5)
+                plain
+                if len(plain) == 1
+                else difflib.get_close_matches(suffix, plain, n=1, cutoff=0.5)
             )
             hint = text.replace(raw.strip(), f"{sign}{match.group(2)}{close[0]}") if close else None
             raise _fail(text, f"unit {suffix!r} does not apply to {stat} (use {ok})", hint)

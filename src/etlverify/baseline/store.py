@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etlverify import __version__
+from etlverify.baseline.machine import cpu_model
 from etlverify.errors import EtlVerifyError
 from etlverify.measure.results import LoadParameters, MetricResult, RunResult, WindowStats
 
@@ -64,8 +65,11 @@ class Severity(StrEnum):
     """How much an environment difference matters for a comparison."""
 
     INFO = "info"  # expected to differ (the build under test) or unknown
-    WARNING = "warning"  # comparable, but numbers may shift (other host size, flags)
+    WARNING = "warning"  # comparable, but numbers may shift (runtime, flags)
     ERROR = "error"  # not comparable (another workload)
+    #: not comparable: recorded on other hardware (CPU model, core count) or under another target
+    #: configuration; `compare()` turns every metric verdict into INCONCLUSIVE naming it
+    FOREIGN = "foreign"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,11 @@ class Fingerprint:
     python_version: str = ""
     platform: str = ""
     load: Mapping[str, Any] = field(default_factory=dict)
+    #: the CPU model name (`/proc/cpuinfo`); None in files recorded before it was stored
+    cpu_model: str | None = None
+    #: what the target was configured with, when the suite knows it (the embedded reference: its
+    #: version and the suite's config overrides, as a short digest); None when unknown
+    target_config: str | None = None
 
     @classmethod
     def collect(
@@ -89,6 +98,7 @@ class Fingerprint:
         load: LoadParameters | None = None,
         status: Mapping[str, Any] | None = None,
         flags: Mapping[str, Any] | None = None,
+        target_config: str | None = None,
     ) -> Fingerprint:
         """Fingerprint this host, plus the target from `/api/health/status` and `/api/flags` bodies.
 
@@ -111,6 +121,8 @@ class Fingerprint:
             python_version=platform.python_version(),
             platform=f"{sys.platform}-{platform.machine()}",
             load=load.to_json() if load is not None else {},
+            cpu_model=cpu_model(),
+            target_config=target_config,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -125,6 +137,8 @@ class Fingerprint:
             "python_version": self.python_version,
             "platform": self.platform,
             "load": dict(self.load),
+            "cpu_model": self.cpu_model,
+            "target_config": self.target_config,
         }
 
     @classmethod
@@ -135,6 +149,9 @@ class Fingerprint:
             raise ValueError(f"unknown environment field {sorted(unknown)[0]!r}")
         if "cpu_count" in data and not isinstance(data["cpu_count"], int | None):
             raise ValueError("environment.cpu_count is not an integer")
+        for key in ("cpu_model", "target_config"):
+            if key in data and not isinstance(data[key], str | None):
+                raise ValueError(f"environment.{key} is not a string")
         for key in ("flags", "load"):
             if key in data and not isinstance(data[key], dict):
                 raise ValueError(f"environment.{key} is not an object")
@@ -155,25 +172,52 @@ class Mismatch:
     severity: Severity
 
     def __str__(self) -> str:
+        if self.severity is Severity.FOREIGN:
+            return f"not comparable: {self.describe()}"
         return (
             f"{self.severity.value}: {self.field} differs "
             f"(baseline {self.baseline!r}, current {self.current!r})"
         )
 
+    def describe(self) -> str:
+        """For people: what differs, e.g. `baseline recorded on another CPU ('X', this run 'Y')`."""
+        if self.field in _HARDWARE_FIELDS and self.baseline is None:
+            return f"the baseline does not record its {self.field} (this run: {self.current!r})"
+        what = {
+            "cpu_model": "on another CPU",
+            "cpu_count": "with another core count",
+            "target_config": "under another target configuration",
+        }.get(self.field, f"with another {self.field}")
+        return f"baseline recorded {what} ({self.baseline!r}; this run {self.current!r})"
 
-_WARN_FIELDS = ("cpu_count", "platform", "python_version", "suite_version", "flags_sha256")
+
+_WARN_FIELDS = ("platform", "python_version", "suite_version", "flags_sha256")
 _INFO_FIELDS = ("target_version", "build_commit")
+#: Hardware: a baseline from another CPU model or core count does not describe this machine.
+_HARDWARE_FIELDS = ("cpu_model", "cpu_count")
 
 
 def compare_fingerprints(baseline: Fingerprint, current: Fingerprint) -> tuple[Mismatch, ...]:
-    """List the differences: load parameters are errors (another workload is not comparable),
-    host, runtime and flag differences warnings, target version and commit info (they are what a
-    deployment changes)."""
+    """List the differences: load parameters are errors (another workload is not comparable);
+    other hardware (CPU model, core count, including a baseline that does not say which CPU it was
+    recorded on) and another target configuration are FOREIGN (not comparable); runtime and flag
+    differences warnings; target version and commit info (they are what a deployment changes)."""
     out: list[Mismatch] = []
     for key in sorted(set(baseline.load) | set(current.load)):
         b, c = baseline.load.get(key), current.load.get(key)
         if b != c:
             out.append(Mismatch(f"load.{key}", b, c, Severity.ERROR))
+    for key in _HARDWARE_FIELDS:
+        b, c = getattr(baseline, key), getattr(current, key)
+        # Unknown on this side: nothing to compare. Unknown in the baseline: it cannot vouch.
+        if c is not None and b != c:
+            out.append(Mismatch(key, b, c, Severity.FOREIGN))
+    b_cfg, c_cfg = baseline.target_config, current.target_config
+    if b_cfg != c_cfg:
+        known = b_cfg is not None and c_cfg is not None
+        out.append(
+            Mismatch("target_config", b_cfg, c_cfg, Severity.FOREIGN if known else Severity.INFO)
+        )
     for key in _WARN_FIELDS:
         b, c = getattr(baseline, key), getattr(current, key)
         if b != c:

@@ -6,8 +6,10 @@
   (unreachable: one line and exit code 3 within seconds) or the embedded reference is started.
   Under xdist the controller probes a given URL at session start, and the first worker that needs
   the embedded reference starts it (`SharedEmbedded`).
-- The whole run is bounded by `run_timeout`: each test's pytest-timeout is capped by the time left,
-  and once it is spent the run stops.
+- The whole run is bounded by `run_timeout`: each check that talks to the target gets a
+  pytest-timeout (300 s when none is set) capped by the time left, and once it is spent the run
+  stops. Tests that never touch the target (a project's own tests, in a session where the plugin
+  is merely installed) are left alone.
 - At the end the process that made the run folder stops the embedded reference and removes it.
 """
 
@@ -36,7 +38,7 @@ __all__ = ["TARGET_FIXTURE_PREFIX", "acquire_target", "get_run", "needs_target"]
 TARGET_FIXTURE_PREFIX = "etl_"
 #: fixtures that do not talk to the target
 _OFFLINE_FIXTURES = frozenset({"etl_settings"})
-#: per-test timeout when the user set none (pytest-timeout); the run timeout caps it further
+#: per-check timeout when the user set none (pytest-timeout); the run timeout caps it further
 DEFAULT_TEST_TIMEOUT = 300.0
 EXIT_UNREACHABLE = 3
 
@@ -56,7 +58,7 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Create (controller) or adopt (worker) the run state; default the per-test timeout."""
+    """Create (controller) or adopt (worker) the run state."""
     settings = get_settings(config)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and "etlverify_run_dir" in workerinput:
@@ -82,14 +84,6 @@ def pytest_configure(config: pytest.Config) -> None:
         request_timeout=settings.request_timeout,
     )
     config.stash[RUN_KEY] = run
-    # pytest-timeout reads its option in its own pytest_configure, after this one (tryfirst).
-    if (
-        hasattr(config.option, "timeout")
-        and config.option.timeout is None
-        and not os.environ.get("PYTEST_TIMEOUT")
-        and not config.getini("timeout")
-    ):
-        config.option.timeout = min(settings.run_timeout, DEFAULT_TEST_TIMEOUT)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -166,30 +160,52 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         pytest.exit(str(exc), returncode=EXIT_UNREACHABLE)
 
 
+def _seconds(value: object) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def _item_timeout(item: pytest.Item) -> float | None:
+    """The check's pytest-timeout limit as the user set it (marker, option, environment, ini, in
+    pytest-timeout's order); None when unset, 0 when disabled."""
     mark = item.get_closest_marker("timeout")
     if mark is not None and mark.args:
-        try:
-            return float(mark.args[0])
-        except (TypeError, ValueError):
-            return None
-    value = getattr(item.config.option, "timeout", None)
-    return float(value) if value else None
+        return _seconds(mark.args[0])
+    config = item.config
+    for value in (
+        getattr(config.option, "timeout", None),
+        os.environ.get("PYTEST_TIMEOUT"),
+        config.getini("timeout"),
+    ):
+        seconds = _seconds(value)
+        if seconds is not None:
+            return seconds
+    return None
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
-    """Cap the test's timeout by the time left in the run (before pytest-timeout arms it)."""
-    remaining = get_run(item.config).deadline - time.time()
-    if remaining > 0 and item.config.pluginmanager.hasplugin("timeout"):
+    """A check that talks to the target: its timeout (default `DEFAULT_TEST_TIMEOUT`) capped by
+    the time left in the run, set before pytest-timeout arms it."""
+    if needs_target(item) and item.config.pluginmanager.hasplugin("timeout"):
+        remaining = get_run(item.config).deadline - time.time()
         current = _item_timeout(item)
-        if current is None or current <= 0 or remaining < current:
-            item.add_marker(pytest.mark.timeout(max(1.0, remaining)), append=False)
+        if current is None:
+            current = DEFAULT_TEST_TIMEOUT
+        elif current <= 0:
+            current = remaining  # the user's "no timeout" still ends with the run
+        limit = max(1.0, min(remaining, current))
+        if limit != _item_timeout(item):
+            item.add_marker(pytest.mark.timeout(limit), append=False)
     return (yield)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip what is left once the run timeout is spent, and stop the run."""
+    """Skip the checks that are left once the run timeout is spent, and stop the run."""
+    if not needs_target(item):
+        return
     settings = get_settings(item.config)
     if time.time() >= get_run(item.config).deadline:
         message = f"etlverify: run timeout of {settings.run_timeout:g} s reached"

@@ -1,0 +1,44 @@
+"""Machine baselines: where the cache lives and what its key separates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from etlverify.baseline.machine import (
+    CACHE_ENV,
+    cache_dir,
+    cpu_model,
+    host_identity,
+    machine_baseline_path,
+    machine_key,
+)
+
+HOST = {"cpu_model": "AMD EPYC", "cpu_count": 2, "platform": "linux-x86_64", "python": "3.11.7"}
+CFG = {"target": "embedded reference", "overrides": "abc"}
+LOAD = {"routes": {"rate_rps": 100.0}}
+
+
+def test_cache_dir_env_override_then_xdg_then_home(tmp_path: Path) -> None:
+    assert cache_dir({CACHE_ENV: str(tmp_path / "c")}) == tmp_path / "c"
+    xdg = cache_dir({"XDG_CACHE_HOME": str(tmp_path / "x")})
+    assert xdg == tmp_path / "x" / "etlverify" / "baselines"
+    assert cache_dir({}) == Path.home() / ".cache" / "etlverify" / "baselines"
+
+
+def test_key_separates_hardware_configuration_and_load() -> None:
+    key = machine_key(HOST, CFG, LOAD)
+    assert key.startswith("amd-epyc-2cpu-")
+    assert machine_key(dict(HOST), dict(CFG), dict(LOAD)) == key  # stable
+    assert machine_key({**HOST, "cpu_model": "Intel Xeon"}, CFG, LOAD) != key
+    assert machine_key({**HOST, "cpu_count": 4}, CFG, LOAD) != key
+    assert machine_key(HOST, {**CFG, "overrides": "def"}, LOAD) != key
+    assert machine_key(HOST, CFG, {"routes": {"rate_rps": 50.0}}) != key
+
+
+def test_this_machine(tmp_path: Path) -> None:
+    ident = host_identity()
+    assert ident["cpu_count"]
+    assert ident["cpu_model"] == cpu_model()
+    path = machine_baseline_path(CFG, LOAD, env={CACHE_ENV: str(tmp_path)})
+    assert path.parent == tmp_path
+    assert path.suffix == ".json"

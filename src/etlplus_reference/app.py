@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -173,7 +174,12 @@ class Server:
     """The state of one running server; routes and the gateway reach everything through it."""
 
     def __init__(
-        self, root: Path, *, enable_faults: bool, hostile: Mapping[str, Any] | None = None
+        self,
+        root: Path,
+        *,
+        enable_faults: bool,
+        hostile: Mapping[str, Any] | None = None,
+        hostile_after_s: float | None = None,
     ) -> None:
         self.root = DeploymentRoot(root.resolve())
         self.config: Config = load_config(self.root.config_file)
@@ -186,7 +192,9 @@ class Server:
             max_file_size=cfg.log_max_file_size,
             max_backup_files=cfg.log_max_backup_files,
         )
-        self.faults: Faults | None = Faults(hostile) if enable_faults else None
+        self.faults: Faults | None = (
+            Faults(hostile, hostile_after_s=hostile_after_s) if enable_faults else None
+        )
         self.db = Database(
             self.root.resolve(cfg.db_path),
             pool_size=cfg.db_pool_size,
@@ -236,6 +244,8 @@ class Server:
             config_sha256=self.config.sha256[:12],
             faults=self.faults is not None,
         )
+        if self.faults is not None:  # `--fault-after`: the hostile modes are scheduled now
+            self.faults.start(lambda applied: _faults_applied(self, applied))
         if self.faults is not None and self.faults.hostile_on:
             on = {k: v for k, v in self.faults.state["hostile"].items() if v not in (None, False)}
             self.journal.warn(
@@ -263,6 +273,9 @@ class Server:
             if faults is not None and faults.growth_mb_per_s > 0:
                 # Touched bytes (not calloc'd zeros) so the growth shows in RSS.
                 faults.ballast.append(bytearray(b"\x5a") * int(faults.growth_mb_per_s * 2**20))
+            # `database_failures_per_min`: the pool's connection failures, traffic or not
+            for _ in range(faults.db_failures_due() if faults is not None else 0):
+                await self.db.ping(0.5)
 
     # ---- hot reload ---------------------------------------------------------------------------
 
@@ -372,6 +385,8 @@ class Server:
         """The process sampler (created lazily for an app used without its lifespan)."""
         if self.sampler is None:
             self.sampler = ProcessSampler()
+        if self.faults is not None:
+            self.faults.limit_memory(self.sampler)  # the `memory_limit_mb` fault
         return self.sampler
 
     async def refresh_db(self) -> None:
@@ -469,6 +484,7 @@ class Gateway:
             cid = new_correlation_id()
         scope[_CID_KEY] = cid
         extra: list[tuple[bytes, bytes]] = [(b"x-correlation-id", cid.encode())]
+        names: list[str] = []  # the flags active for X-User-Id (decides the cohort faults too)
         if uid is not None:
             names = active_names(srv.flags, uid.decode("utf-8", "replace"))
             extra.append((b"x-feature-flags", ",".join(names).encode()))
@@ -544,15 +560,22 @@ class Gateway:
                     await _query_string_400(scope, send_wrapper)
                     return
                 delay = faults.latency_s(path, scope["method"])
+                if names:
+                    delay += faults.cohort_latency_s(path, names)
                 if delay > 0:
                     await faults.sleep(delay)
                 status = faults.error_status(path)
+                context: dict[str, Any] = {"injected": True}
+                if status is None and names:
+                    cohort_error = faults.cohort_error(path, names)
+                    if cohort_error is not None:
+                        status, context["cohort"] = cohort_error
                 if status is not None:
                     raise ApiError(
                         STATUS_CODE[status],
                         f"Injected fault: HTTP {status}",
                         status=status,
-                        context={"injected": True},
+                        context=context,
                         headers={"Retry-After": "1"} if status in (429, 503) else None,
                     )
             limiter = srv.limiter
@@ -872,9 +895,14 @@ def _job_routes() -> list[Route]:
             )
         limit = _int_param(request, "limit", 0, 0, 1_000_000)
         offset = _int_param(request, "offset", 0, 0, 100_000_000)
-        items = [j for j in srv.jobs.jobs.values() if status is None or j.status == status]
-        total = len(items)
-        items = items[offset : offset + limit] if limit else items[offset:]
+        if status is None:  # a page costs O(offset + limit), not O(every job ever created)
+            total = len(srv.jobs.jobs)
+            stop = offset + limit if limit else None
+            items = list(itertools.islice(srv.jobs.jobs.values(), offset, stop))
+        else:
+            items = [j for j in srv.jobs.jobs.values() if j.status == status]
+            total = len(items)
+            items = items[offset : offset + limit] if limit else items[offset:]
         return json_response({"jobs": [j.summary() for j in items], "total": total})
 
     async def job(request: Request) -> Response:
@@ -1042,17 +1070,36 @@ def _fault_routes() -> list[Route]:
             raise ApiError("NOT_FOUND", "Route not found")
         if request.method == "POST":
             body = await read_json(request)
+            if isinstance(body, dict) and "after_s" in body:
+                # a delayed patch: validated now, merged when due (202 Accepted)
+                entry = state.schedule(body, lambda applied: _faults_applied(srv, applied))
+                keys = ",".join(sorted(entry["patch"]))
+                srv.journal.warn(
+                    "Faults", "Fault settings scheduled", after_s=entry["after_s"], keys=keys
+                )
+                return json_response({"scheduled": entry, "faults": state.snapshot()}, 202)
             state.merge(body)
-            srv.journal.warn("Faults", "Fault settings changed", keys=",".join(sorted(body)))
-            if state.state["crash"]:
-                srv.journal.fatal("Faults", "Crash injected: exiting with status 70")
-                asyncio.get_running_loop().call_later(0.2, os._exit, 70)
+            _faults_applied(srv, None, keys=sorted(body))
         elif request.method == "DELETE":
             state.clear()
-            srv.journal.warn("Faults", "Fault settings cleared")
+            srv.journal.warn("Faults", "Fault settings cleared (scheduled ones cancelled)")
         return json_response(state.snapshot())
 
     return [Route(FAULT_PATH, faults, methods=["GET", "POST", "DELETE"])]
+
+
+def _faults_applied(
+    srv: Server, scheduled: dict[str, Any] | None, keys: list[str] | None = None
+) -> None:
+    """After fault settings were merged (now, or a `scheduled` entry fell due): log it, and carry
+    out an injected crash."""
+    if scheduled is not None:
+        keys = sorted(scheduled["patch"])
+        srv.journal.warn("Faults", "Scheduled fault settings applied", id=scheduled["id"])
+    srv.journal.warn("Faults", "Fault settings changed", keys=",".join(keys or ()))
+    if srv.faults is not None and srv.faults.state["crash"]:
+        srv.journal.fatal("Faults", "Crash injected: exiting with status 70")
+        asyncio.get_running_loop().call_later(0.2, os._exit, 70)
 
 
 async def _ws_endpoint(ws: WebSocket) -> None:
@@ -1103,16 +1150,23 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    root: Path, *, enable_faults: bool = False, hostile: Mapping[str, Any] | None = None
+    root: Path,
+    *,
+    enable_faults: bool = False,
+    hostile: Mapping[str, Any] | None = None,
+    hostile_after_s: float | None = None,
 ) -> Starlette:
     """The ASGI app for deployment `root`; raises ConfigError (one line) for bad config/flags.
 
     `hostile` (only with `enable_faults`) is the initial `hostile` section of the fault settings
-    (`serve --hostile`); ValueError when a mode is given without `enable_faults`.
+    (`serve --hostile`), applied `hostile_after_s` seconds after the start when that is given
+    (`serve --fault-after`); ValueError when a mode is given without `enable_faults`.
     """
     if hostile and not enable_faults:
         raise ValueError("hostile modes need enable_faults=True")
-    server = Server(root, enable_faults=enable_faults, hostile=hostile)
+    server = Server(
+        root, enable_faults=enable_faults, hostile=hostile, hostile_after_s=hostile_after_s
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -102,6 +102,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _after_s(text: str) -> float:
+    from etlplus_reference.errors import ApiError
+    from etlplus_reference.faults import parse_after_s
+
+    try:
+        return parse_after_s(float(text))
+    except (ValueError, ApiError):
+        msg = f"must be seconds, 0 < SECONDS <= 604800, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _hostile(text: str) -> tuple[str, object]:
     from etlplus_reference.faults import parse_hostile_mode
 
@@ -114,7 +125,9 @@ def _hostile(text: str) -> tuple[str, object]:
 _SERVE_EPILOG = """\
 fault injection (tests only, --enable-faults): the route /api/_faults reads (GET), merges (POST)
 and clears (DELETE) the faults: latency, errors, websocket drops/delay, memory growth, database
-failures, ignored config/flag changes, crash, and the `hostile` modes below.
+failures, ignored config/flag changes, crash, and the `hostile` modes below. A POST with
+"after_s": S applies its patch S seconds later (202; GET lists it under "scheduled", DELETE
+cancels it); --fault-after S does the same for the --hostile modes.
 
 hostile modes (--hostile MODE, repeatable; imitate a misbehaving real build):
   connection-cap=N           from the (N+1)-th connection since start: read, never answer or close
@@ -176,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODE",
         help="start with this hostile mode on (needs --enable-faults; repeatable; see below)",
+    )
+    serve.add_argument(
+        "--fault-after",
+        type=_after_s,
+        metavar="SECONDS",
+        help="the --hostile modes start SECONDS after the server (0 < SECONDS <= 604800)",
     )
 
     common = _root_options()
@@ -297,6 +316,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             enable_faults=args.enable_faults,
             argv=tuple(argv),
             hostile=tuple(args.hostile),
+            hostile_after_s=args.fault_after,
         )
     )
 
@@ -363,6 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and args.hostile and not args.enable_faults:
         parser.exit(
             EXIT_USAGE, f"{PROG} serve: error: --hostile needs --enable-faults (see --help)\n"
+        )
+    if args.command == "serve" and args.fault_after is not None and not args.hostile:
+        parser.exit(
+            EXIT_USAGE, f"{PROG} serve: error: --fault-after needs --hostile MODE (see --help)\n"
         )
     try:
         if args.command == "init":

@@ -23,30 +23,64 @@ is set at runtime through `/api/_faults` or at start-up with `serve --enable-fau
 
 The connection-level modes live in the HTTP protocol (`httpproto.py`), so their hangs are real: the
 socket stays open and silent, no task sleeps. Without `--enable-faults` none of this code runs.
+
+**Delayed faults.** A POST with a top-level `"after_s": S` (0 < S <= 604800, a week) next to an
+ordinary patch is validated at once and merged S seconds later, by one timer on the server's event
+loop (so a long watch sees a healthy start, then the regression). Several pending patches merge in
+the order they fall due (equal times: in the order they were posted); GET lists them under
+`scheduled`, DELETE cancels them. `serve --hostile MODE --fault-after S` delays the start-up
+hostile modes the same way.
+
+`memory_limit_mb` makes the reference report that limit instead of the real one (cgroup or RAM), as
+if it ran in a container that size: `memory_percent` in the health routes is RSS over it, so a
+test can take the process past 95% without filling the host. `database_failures_per_min: N` makes
+the pool fail N times a minute (the first within a second), traffic or not, each failure a real
+failed database operation counted in `database.connection_failures` of `/api/health/metrics`;
+`database_failures` fails that fraction of the operations something makes.
+
+**Cohort faults.** `{"cohorts": {"<component>": {"latency_ms": MS, "errors": {"fraction": F,
+"status": S}}}}` makes one component bad for exactly the users who get its new version: a request
+is touched only when its `X-User-Id` is inside that component's flag cohort at that moment (the
+flag on and `fnv1a_bucket(user_id) < rollout_percentage`, the rule of `X-Feature-Flags`). Such a
+request sleeps `latency_ms` more (the sum over every cohort it is inside) and fails with `status`
+for a `fraction` of requests, on the routes the plain `latency` / `errors` faults touch by default
+(`/api/...` except `/api/health*` and `/api/_faults`). Requests without `X-User-Id` or outside the
+cohort are untouched. A component's patch merges field by field into its current one; `null`
+removes it; one with nothing left to inject (0 ms, fraction 0) is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import copy
+import itertools
 import math
 import os
 import random
+import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from etlplus_reference.errors import STATUS_CODE, ApiError
+from etlplus_reference.errors import STATUS_CODE, ApiError, iso_ms
+from etlplus_reference.root import COMPONENT_FLAGS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Collection, Mapping
+
+    from etlplus_reference.metrics import ProcessSampler
 
 __all__ = [
     "EXIT_AFTER_JOB_STATUS",
     "FAULT_PATH",
     "HOSTILE_DEFAULT_EXIT_S",
+    "MAX_AFTER_S",
     "QUERY_400_BODY",
     "Faults",
     "hostile_defaults",
     "non_json_error_body",
+    "parse_after_s",
     "parse_hostile_mode",
 ]
 
@@ -61,6 +95,14 @@ HOSTILE_DEFAULT_EXIT_S = 1.0
 _MIN_EXIT_DELAY_S = 0.05
 _MAX_CONNECTION_CAP = 1_000_000
 _MAX_EXIT_S = 86_400.0
+#: the longest delay of a scheduled patch (`after_s`): a week, the longest watch
+MAX_AFTER_S = 604_800.0
+#: the largest `memory_limit_mb` (1 TiB)
+_MAX_MEMORY_LIMIT_MB = 1_048_576.0
+#: the largest `database_failures_per_min` (100 a second)
+_MAX_DB_FAILURES_PER_MIN = 6000.0
+#: the largest `latency_ms` of a cohort fault (a minute)
+_MAX_COHORT_LATENCY_MS = 60_000.0
 
 #: what `query_string_400` answers: a 400 whose body is not the contract's error shape
 QUERY_400_BODY = b'{"error": "bad query"}'
@@ -98,11 +140,23 @@ def _defaults() -> dict[str, Any]:
         "errors": {"fraction": 0.0, "status": 500, "route_prefix": None},
         "websocket": {"drop_fraction": 0.0, "delay_ms": 0.0},
         "memory_growth_mb_per_s": 0.0,
+        # the memory limit the health routes report (MiB), as if in a container that size
+        "memory_limit_mb": None,
         "database_failures": 0.0,
+        # connection failures a minute in the pool, traffic or not (the first within a second)
+        "database_failures_per_min": 0.0,
         "ignore_config_changes": False,
         "ignore_flag_changes": False,
         "crash": False,
+        # component -> {"latency_ms", "errors": {"fraction", "status"}}, for the users inside the
+        # component's flag cohort only
+        "cohorts": {},
     }
+
+
+def _cohort_defaults() -> dict[str, Any]:
+    """A component's cohort fault before its patch: nothing injected."""
+    return {"latency_ms": 0.0, "errors": {"fraction": 0.0, "status": 500}}
 
 
 def _bad(field: str, what: str) -> ApiError:
@@ -123,6 +177,52 @@ def _number(value: Any, field: str, lo: float, hi: float | None = None) -> float
             f"{field} must be a number {'>= ' + str(lo) if hi is None else f'in {lo}-{hi}'}",
         )
     return float(value)
+
+
+def _status(value: Any, field: str) -> int:
+    """An injected error status: one the contract knows, except 405."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _ERROR_STATUSES:
+        raise _bad(field, f"one of {', '.join(map(str, _ERROR_STATUSES))}")
+    return value
+
+
+def _merge_cohorts(current: Mapping[str, Any], patch: Any) -> dict[str, Any]:
+    """`cohorts` after `patch` (validated: ApiError, 400, naming the field); `current` untouched."""
+    if not isinstance(patch, dict):
+        raise _bad("cohorts", "an object of component -> {latency_ms, errors}")
+    out = copy.deepcopy(dict(current))
+    for name, spec in patch.items():
+        field = f"cohorts.{name}"
+        if name not in COMPONENT_FLAGS:
+            raise _bad(field, f"keyed by a component, one of {', '.join(COMPONENT_FLAGS)}")
+        if spec is None:
+            out.pop(name, None)
+            continue
+        if not isinstance(spec, dict):
+            raise _bad(field, "an object with latency_ms and/or errors, or null")
+        entry = out.get(name) or _cohort_defaults()
+        for sub, value in spec.items():
+            sub_field = f"{field}.{sub}"
+            if sub == "latency_ms":
+                entry[sub] = _number(value, sub_field, 0, _MAX_COHORT_LATENCY_MS)
+            elif sub == "errors":
+                if not isinstance(value, dict):
+                    raise _bad(sub_field, "an object with fraction and/or status")
+                for err_sub, err_value in value.items():
+                    err_field = f"{sub_field}.{err_sub}"
+                    if err_sub == "fraction":
+                        entry[sub][err_sub] = _number(err_value, err_field, 0, 1)
+                    elif err_sub == "status":
+                        entry[sub][err_sub] = _status(err_value, err_field)
+                    else:
+                        raise _bad(err_field, "one of fraction, status (unknown field)")
+            else:
+                raise _bad(sub_field, "one of latency_ms, errors (unknown field)")
+        if entry["latency_ms"] > 0 or entry["errors"]["fraction"] > 0:
+            out[name] = entry
+        else:
+            out.pop(name, None)  # nothing left to inject
+    return out
 
 
 def _prefix(value: Any, field: str) -> str | None:
@@ -149,6 +249,39 @@ def _hostile_value(sub: str, value: Any, field: str) -> Any:
     if not isinstance(value, bool):
         raise _bad(field, "true or false")
     return value
+
+
+def parse_after_s(value: Any) -> float:
+    """`after_s` of a scheduled patch in seconds: 0 < after_s <= a week; else ApiError (400)."""
+    what = f"after_s must be a number of seconds, 0 < after_s <= {MAX_AFTER_S:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError.field("INVALID_INPUT", "after_s", what)
+    if not 0 < value <= MAX_AFTER_S:  # NaN and the infinities fail this too; big ints compare
+        raise ApiError.field("INVALID_RANGE", "after_s", what)
+    return float(value)
+
+
+@dataclass
+class _Scheduled:
+    """A validated patch waiting for its time."""
+
+    seq: int
+    after_s: float
+    #: when it falls due, on the event loop's clock (monotonic)
+    due: float
+    #: the same moment as a wall-clock timestamp, for people
+    at: float
+    patch: dict[str, Any]
+    on_apply: Callable[[dict[str, Any]], None] | None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.seq,
+            "after_s": self.after_s,
+            "at": iso_ms(self.at),
+            "due_in_s": round(max(0.0, self.at - time.time()), 3),
+            "patch": self.patch,
+        }
 
 
 def parse_hostile_mode(text: str) -> tuple[str, Any]:
@@ -195,27 +328,56 @@ class Faults:
     whenever the settings change, because the HTTP protocol asks them on every connection.
     """
 
-    def __init__(self, hostile: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, hostile: Mapping[str, Any] | None = None, *, hostile_after_s: float | None = None
+    ) -> None:
+        """`hostile`: the start-up hostile modes; with `hostile_after_s` they are scheduled that
+        many seconds after `start()` (the server's startup) instead of being on at once."""
         self.state: dict[str, Any] = _defaults()
         self.ballast: list[bytearray] = []
         self.active = False
         #: TCP connections accepted since `connection_cap` took effect (counted by the protocol)
         self.connections_seen = 0
         self._exit_timer: asyncio.TimerHandle | None = None
+        #: scheduled patches, in the order they fall due; one timer for the first of them
+        self._scheduled: list[_Scheduled] = []
+        self._schedule_timer: asyncio.TimerHandle | None = None
+        self._seq = itertools.count(1)
+        self._startup_patch: tuple[float, dict[str, Any]] | None = None
+        self._real_memory_limit: int | None = None
+        #: `database_failures_per_min`: failures earned but not yet due, since when, and the ones
+        #: due that the next database operation must take (the database threads consume them)
+        self._db_credit = 0.0
+        self._db_credit_at: float | None = None
+        self._db_forced = 0
+        self._db_lock = threading.Lock()
         self._apply_hostile()
-        if hostile:
+        if hostile and hostile_after_s is not None:
+            patch = {"hostile": dict(hostile)}
+            self._merged(patch)  # validated now, like a POST with after_s
+            self._startup_patch = (parse_after_s(hostile_after_s), patch)
+        elif hostile:
             self.merge({"hostile": dict(hostile)})
 
+    def start(self, on_apply: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """At the server's startup (on its event loop): schedule the delayed start-up modes."""
+        if self._startup_patch is not None:
+            after_s, patch = self._startup_patch
+            self._startup_patch = None
+            self.schedule({"after_s": after_s, **patch}, on_apply)
+
     def snapshot(self) -> dict[str, Any]:
-        """GET body: the settings plus what has grown so far."""
+        """GET body: the settings, what has grown so far and the patches still to come."""
         return {
             **self.state,
             "active": self.active,
             "ballast_mb": round(sum(len(b) for b in self.ballast) / 2**20, 1),
+            "scheduled": [entry.view() for entry in self._scheduled],
         }
 
     def clear(self) -> None:
-        """DELETE: everything off, ballast released, a pending hostile exit called off."""
+        """DELETE: everything off, ballast released, a pending hostile exit and every scheduled
+        patch called off."""
         self.state = _defaults()
         self.ballast.clear()
         self.active = False
@@ -223,15 +385,80 @@ class Faults:
         if self._exit_timer is not None:
             self._exit_timer.cancel()
             self._exit_timer = None
+        with self._db_lock:
+            self._db_forced = 0
+        self._scheduled.clear()
+        if self._schedule_timer is not None:
+            self._schedule_timer.cancel()
+            self._schedule_timer = None
         self._apply_hostile()
+
+    def schedule(
+        self, body: Any, on_apply: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """POST with `after_s`: validate the patch now, merge it `after_s` seconds from now.
+
+        Returns the entry as GET lists it (`id`, `after_s`, `at`, `due_in_s`, `patch`). When it
+        is merged, `on_apply(entry)` is called (the app logs it and carries out a `crash`).
+        Needs the running event loop.
+        """
+        if not isinstance(body, dict):
+            raise ApiError.field("INVALID_INPUT", "body", "body must be a JSON object")
+        after_s = parse_after_s(body.get("after_s"))
+        patch = {k: v for k, v in body.items() if k != "after_s"}
+        if not patch:
+            raise _bad("body", "a fault setting next to after_s (nothing to schedule)")
+        self._merged(patch)
+        loop = asyncio.get_running_loop()
+        entry = _Scheduled(
+            seq=next(self._seq),
+            after_s=after_s,
+            due=loop.time() + after_s,
+            at=time.time() + after_s,
+            patch=copy.deepcopy(patch),
+            on_apply=on_apply,
+        )
+        bisect.insort(self._scheduled, entry, key=lambda e: (e.due, e.seq))
+        self._arm(loop)
+        return entry.view()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._schedule_timer is not None:
+            self._schedule_timer.cancel()
+            self._schedule_timer = None
+        if self._scheduled:
+            self._schedule_timer = loop.call_at(self._scheduled[0].due, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: merge every patch that is due, in order, then wait for the next one."""
+        self._schedule_timer = None
+        now = loop.time() + 0.001  # a timer may run a clock tick early
+        while self._scheduled and self._scheduled[0].due <= now:
+            entry = self._scheduled.pop(0)
+            self.merge(entry.patch)  # validated when scheduled; validation is state-independent
+            if entry.on_apply is not None:
+                entry.on_apply(entry.view())
+        self._arm(loop)
 
     def merge(self, body: Any) -> None:
         """POST: validate the whole body first, then merge it into the settings (all or nothing)."""
+        new = self._merged(body)
+        hostile = body.get("hostile")
+        if isinstance(hostile, dict) and "connection_cap" in hostile:
+            self.connections_seen = 0  # the cap counts from the connections after this one
+        self.state = new
+        self.active = new != _defaults()
+        self._apply_hostile()
+
+    def _merged(self, body: Any) -> dict[str, Any]:
+        """The settings `body` would give, validated (ApiError, 400, naming the field)."""
         if not isinstance(body, dict):
             raise ApiError.field("INVALID_INPUT", "body", "body must be a JSON object")
         new = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.state.items()}
         for key, value in body.items():
-            if key == "hostile":
+            if key == "cohorts":
+                new[key] = _merge_cohorts(new[key], value)
+            elif key == "hostile":
                 if not isinstance(value, dict):
                     raise _bad(key, "an object")
                 section = new[key]
@@ -251,6 +478,10 @@ class Faults:
                     section[sub] = self._validate(key, sub, subval, field)
             elif key == "memory_growth_mb_per_s":
                 new[key] = _number(value, key, 0, 1024)
+            elif key == "memory_limit_mb":
+                new[key] = None if value is None else _number(value, key, 1, _MAX_MEMORY_LIMIT_MB)
+            elif key == "database_failures_per_min":
+                new[key] = _number(value, key, 0, _MAX_DB_FAILURES_PER_MIN)
             elif key == "database_failures":
                 new[key] = (
                     (1.0 if value else 0.0)
@@ -263,12 +494,7 @@ class Faults:
                 new[key] = value
             else:
                 raise _bad(str(key), "a known fault setting")
-        hostile = body.get("hostile")
-        if isinstance(hostile, dict) and "connection_cap" in hostile:
-            self.connections_seen = 0  # the cap counts from the connections after this one
-        self.state = new
-        self.active = new != _defaults()
-        self._apply_hostile()
+        return new
 
     def _apply_hostile(self) -> None:
         h = self.state["hostile"]
@@ -320,13 +546,7 @@ class Faults:
                 )
             return out
         if sub == "status":
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value not in _ERROR_STATUSES
-            ):
-                raise _bad(field, f"one of {', '.join(map(str, _ERROR_STATUSES))}")
-            return value
+            return _status(value, field)
         if sub in ("fraction", "drop_fraction"):
             return _number(value, field, 0, 1)
         return _number(value, field, 0, 600_000)
@@ -354,10 +574,10 @@ class Faults:
         return best / 1000
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep `seconds`; with per-route latency set, precisely (the event loop's timers round
-        to whole milliseconds, too coarse for +25% of a 5 ms route): sleep to within 2 ms of
-        the deadline, then yield until it passes."""
-        if not self.state["latency"]["routes"]:
+        """Sleep `seconds`; with per-route or cohort latency set, precisely (the event loop's
+        timers round to whole milliseconds, too coarse for +25% of a 5 ms route): sleep to
+        within 2 ms of the deadline, then yield until it passes."""
+        if not self.state["latency"]["routes"] and not self.state["cohorts"]:
             await asyncio.sleep(seconds)
             return
         deadline = time.perf_counter() + seconds
@@ -383,10 +603,57 @@ class Faults:
             return None
         return int(err["status"]) if random.random() < err["fraction"] else None
 
+    def _cohorts_of(
+        self, path: str, active_flags: Collection[str]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The cohort faults whose component's flag is active for this request's user."""
+        cohorts: dict[str, dict[str, Any]] = self.state["cohorts"]
+        if not cohorts or not active_flags or not self._applies(path, None):
+            return []
+        return [(n, spec) for n, spec in cohorts.items() if COMPONENT_FLAGS[n] in active_flags]
+
+    def cohort_latency_s(self, path: str, active_flags: Collection[str]) -> float:
+        """Added delay for a request whose user has `active_flags` (`X-Feature-Flags`), in
+        seconds: the sum of the `latency_ms` of every cohort the user is inside."""
+        ms = sum(float(spec["latency_ms"]) for _, spec in self._cohorts_of(path, active_flags))
+        return ms / 1000
+
+    def cohort_error(self, path: str, active_flags: Collection[str]) -> tuple[int, str] | None:
+        """(status, component) of an injected cohort error for this request, or None."""
+        for name, spec in self._cohorts_of(path, active_flags):
+            fraction: float = spec["errors"]["fraction"]
+            if fraction > 0 and random.random() < fraction:
+                return int(spec["errors"]["status"]), name
+        return None
+
     def db_fails(self) -> bool:
-        """True when this database operation must fail."""
+        """True when this database operation must fail (called on the database threads)."""
+        if self._db_forced > 0:
+            with self._db_lock:
+                if self._db_forced > 0:
+                    self._db_forced -= 1
+                    return True
         p: float = self.state["database_failures"]
         return p > 0 and random.random() < p
+
+    def db_failures_due(self) -> int:
+        """`database_failures_per_min`: how many connection failures are due now (the server asks
+        once a second and runs that many database pings, each of which then fails and counts)."""
+        rate: float = self.state["database_failures_per_min"]
+        now = time.monotonic()
+        if rate <= 0:
+            self._db_credit, self._db_credit_at = 0.0, None
+            return 0
+        if self._db_credit_at is None:
+            self._db_credit = 1.0  # the first failure at the first tick after the fault is on
+        else:
+            self._db_credit += (now - self._db_credit_at) * rate / 60
+        self._db_credit_at = now
+        due = int(self._db_credit)
+        self._db_credit -= due
+        with self._db_lock:
+            self._db_forced += due
+        return due
 
     def ws_drop(self) -> bool:
         """True when this WebSocket push must be silently lost."""
@@ -407,6 +674,13 @@ class Faults:
     def ignore_flags(self) -> bool:
         """The flags watcher stops applying changes."""
         return bool(self.state["ignore_flag_changes"])
+
+    def limit_memory(self, sampler: ProcessSampler) -> None:
+        """Make `sampler` report the `memory_limit_mb` limit, or its real one when that is off."""
+        if self._real_memory_limit is None:
+            self._real_memory_limit = sampler.limit_bytes
+        limit_mb = self.state["memory_limit_mb"]
+        sampler.limit_bytes = self._real_memory_limit if limit_mb is None else int(limit_mb * 2**20)
 
     @property
     def growth_mb_per_s(self) -> float:

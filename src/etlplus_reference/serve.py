@@ -56,6 +56,8 @@ class ServeOptions:
     argv: tuple[str, ...] = ()
     #: the initial `hostile` fault settings (`--hostile MODE`), as (key, value) pairs
     hostile: tuple[tuple[str, object], ...] = ()
+    #: `--fault-after`: the hostile modes start this many seconds after the server
+    hostile_after_s: float | None = None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -133,7 +135,10 @@ def serve(options: ServeOptions) -> int:
 
         try:
             app = create_app(
-                root.path, enable_faults=options.enable_faults, hostile=dict(options.hostile)
+                root.path,
+                enable_faults=options.enable_faults,
+                hostile=dict(options.hostile),
+                hostile_after_s=options.hostile_after_s,
             )
         except ConfigError as exc:
             raise OpsError(str(exc), EXIT_USAGE) from None

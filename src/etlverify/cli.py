@@ -1,5 +1,7 @@
 """The `etlverify` command: `etlverify gate DIR` decides a promotion from the summaries of one
-pipeline run, `etlverify checklist` prints the checklist map, `etlverify version` the version.
+pipeline run, `etlverify watch` watches a deployment for hours against the rollback triggers,
+`etlverify rollout` drives the staged flag rollout, `etlverify checklist` prints the checklist
+map, `etlverify version` the version.
 
 `etlverify gate reports/` checks and merges reports/summary.json (pytest),
 reports/locust_summary.json (Locust) and any other summary there into one verdict, and exits with
@@ -153,10 +155,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="INCOMPLETE exits 0 with a warning (a person has decided)",
     )
     gate.add_argument("--no-html", action="store_true", help="do not write DIR/signoff.html again")
+    from etlverify.rollout.cli import add_parser as add_rollout
+    from etlverify.watch.cli import add_parser as add_watch
+
+    add_watch(sub)
+    add_rollout(sub)
     args = parser.parse_args(argv)
     if args.command == "version":
         print(f"etlverify {__version__}")
         return 0
+    if args.command == "rollout":
+        from etlverify.rollout.cli import main_rollout
+
+        return main_rollout(args)
+    if args.command == "watch":
+        from etlverify.watch.cli import main_watch
+
+        return main_watch(args)
     if args.command == "gate":
         return main_gate(
             Path(args.directory),

@@ -44,7 +44,8 @@ class FaultsControl:
         """Merge `settings` (e.g. ``latency={"ms": 300}``, ``crash=True``) into the faults."""
         if not _WINDOWS or _WINDOWS[-1][1] is not None:
             _WINDOWS.append((time.time(), None))
-        resp = self.expect.status(self.api.post(FAULTS_PATH, json=settings), (200, 204))
+        # 202: a delayed patch (`after_s=S`), merged by the target S seconds later
+        resp = self.expect.status(self.api.post(FAULTS_PATH, json=settings), (200, 202, 204))
         return self.expect.json_fields(resp, {}) if resp.content else {}
 
     def clear(self) -> None:

@@ -2,7 +2,8 @@
 
 ``etlverify gate reports/`` reads the summaries the pipeline's steps wrote into ``reports/``
 (`SOURCES`: ``summary.json`` from ``pytest -m post_deploy``, ``locust_summary.json`` from the Locust
-run, ``watch_summary.json`` from a watch step) and fails closed:
+run, ``watch_summary.json`` from ``etlverify watch``, ``rollout_summary.json`` from
+``etlverify rollout``) and fails closed:
 
 - every *required* source (``--require``, default: pytest) must have a summary; every summary
   present, required or not, is checked the same way before it counts;
@@ -40,6 +41,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
@@ -47,11 +49,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 from etlverify.errors import EtlVerifyError
 from etlverify.report.summary import (
     Finding,
+    ItemRecord,
     MetricRecord,
     PromotionVerdict,
     RunIdentity,
+    Status,
     Summary,
     SummaryError,
+    TestRecord,
     TriggerRecord,
     load_summary,
     normalize_url,
@@ -68,7 +73,7 @@ from etlverify.report.verdict import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
 
 __all__ = [
@@ -109,6 +114,7 @@ EXIT_GATE_USAGE = 14
 PYTEST_SUMMARY = "summary.json"
 LOCUST_SUMMARY = "locust_summary.json"
 WATCH_SUMMARY = "watch_summary.json"
+ROLLOUT_SUMMARY = "rollout_summary.json"
 LOCUST_HTML = "locust.html"
 SIGNOFF_HTML = "signoff.html"
 #: source name (``--require NAME``, ``run.tool``) -> the summary file it writes
@@ -116,12 +122,14 @@ SOURCES: dict[str, str] = {
     "pytest": PYTEST_SUMMARY,
     "locust": LOCUST_SUMMARY,
     "watch": WATCH_SUMMARY,
+    "rollout": ROLLOUT_SUMMARY,
 }
 #: the step that writes each summary, for the lines that say one is missing
 _STEPS = {
     "pytest": "python -m pytest -m post_deploy",
     "locust": "locust -f loadtests/etl.py",
-    "watch": "the watch step",
+    "watch": "etlverify watch",
+    "rollout": "etlverify rollout",
 }
 DEFAULT_MAX_AGE = timedelta(hours=24)
 #: a summary that finished further in the future than this is not trusted (clocks disagree)
@@ -544,7 +552,13 @@ def locust_part(
         undecided.append(Finding("run" if reasons else "environment", "", text, source))
     own, b, u = decide((), metrics, triggers, extra_blocking=blocking, extra_undecided=undecided)
     if raw in ("FAIL", "DO NOT PROMOTE") and not b:
-        b = (Finding("run", "", f"the {source} baseline comparison is FAIL", source),)
+        said = "; ".join(str(m) for m in data.get("messages") or [] if m)
+        text = (
+            f"the {source} run is FAIL: {said}"
+            if said
+            else (f"the {source} baseline comparison is FAIL")
+        )
+        b = (Finding("run", "", text, source),)
         own = PromotionVerdict.DO_NOT_PROMOTE
     info = {
         "promotion": own.value,
@@ -558,6 +572,40 @@ def locust_part(
         "messages": data.get("messages") or [],
     }
     return own, b, u, error_code, info
+
+
+#: a watch item's status -> the item's status in the merged summary (None: keep the item's own)
+_WATCH_STATUS = {"PASS": Status.PASSED, "FAIL": Status.FAILED}
+
+
+def watch_items(
+    items: Sequence[ItemRecord], judged: Sequence[Mapping[str, Any]], *, source: str = "watch"
+) -> tuple[tuple[ItemRecord, ...], list[Finding]]:
+    """The checklist items a watch or a rollout is the evidence for
+    (`etlverify.watch.report.WATCH_ITEMS`, `etlverify.rollout.report.ROLLOUT_ITEMS`):
+    PASS and FAIL decide the item (a FAIL blocks); a watch shorter than the item asks for (SHORT),
+    INCONCLUSIVE or N/A is attached as evidence and the item keeps its own status (a manual item
+    stays for a person to confirm). Items of the pytest run that FAILED stay FAILED."""
+    by_id = {str(j.get("id")): j for j in judged if isinstance(j, Mapping)}
+    out: list[ItemRecord] = []
+    found: list[Finding] = []
+    for item in items:
+        j = by_id.get(item.id)
+        if j is None:
+            out.append(item)
+            continue
+        status = str(j.get("status", ""))
+        reason = f"etlverify {source}: {status}: {j.get('reason', '')}"
+        outcome = {"PASS": "passed", "FAIL": "failed", "N/A": "skipped"}.get(status, "inconclusive")
+        record = TestRecord(nodeid=f"etlverify {source}", outcome=outcome, reason=reason)
+        new_status = _WATCH_STATUS.get(status)
+        if item.status is Status.FAILED or new_status is None:
+            out.append(replace(item, tests=(*item.tests, record)))
+            continue
+        out.append(replace(item, status=new_status, reason=reason, tests=(*item.tests, record)))
+        if new_status is Status.FAILED:
+            found.append(Finding("item", item.id, reason, source))
+    return tuple(out), found
 
 
 def merge(
@@ -607,6 +655,14 @@ def merge(
             errors.append(error_code)
         metrics += [MetricRecord.from_json(m, source) for m in data.get("metrics", [])]
         triggers += [TriggerRecord.from_json(t, source) for t in data.get("triggers", [])]
+    for source in ("watch", "rollout"):
+        long_run = extra.get(source)
+        if base is not None and long_run is not None:
+            items, found = watch_items(base.items, long_run.get("items") or [], source=source)
+            base = replace(base, items=items)
+            blocking += found
+            if found:
+                verdicts.append(PromotionVerdict.DO_NOT_PROMOTE)
     blocks = inconclusive_blocks
     if blocks is None:
         blocks = pytest_summary.inconclusive_blocks if pytest_summary else False

@@ -12,6 +12,9 @@ BASE_ARGS = (
     "no:locust",
     "-p",
     "no:cacheprovider",
+    # a pytest-benchmark installed beside us warns under xdist into the inner run's stderr
+    "-p",
+    "no:benchmark",
     "--strict-markers",
 )
 

@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 pytest_plugins = ["pytester"]
 
 #: as in conftest.BASE_ARGS (which the module-scoped recording cannot take as a fixture)
-BASE_ARGS = ("-p", "etlverify.pytest_plugin", "-p", "no:locust", "-p", "no:cacheprovider")
+BASE_ARGS = (
+    "-p", "etlverify.pytest_plugin", "-p", "no:locust", "-p", "no:cacheprovider",
+    "-p", "no:benchmark",
+)  # fmt: skip
 SECTION = Path(__file__).resolve().parents[2] / "verification" / "performance"
 PERF_ARGS = ("-p", "no:randomly")
 #: Short loads: 5 windows x 2 s at 100 rps over four routes = 50 samples per route and window.

@@ -19,6 +19,8 @@ BASE_ARGS = (
     "no:locust",
     "-p",
     "no:cacheprovider",
+    "-p",
+    "no:benchmark",
     "--strict-markers",
 )
 

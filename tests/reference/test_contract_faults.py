@@ -6,19 +6,23 @@ that breaks the contract. Off by default; with it on, each fault must really bre
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from contract_support import (
     HTTP_TIMEOUT,
+    REFERENCE_OVERRIDES,
     TERMINAL,
     Api,
     LogReader,
     TargetFactory,
     assert_error,
+    assert_iso,
     drain,
     file_sha256,
     is_status,
@@ -29,11 +33,12 @@ from contract_support import (
 )
 
 from etlplus_reference.root import default_flags, write_json_atomic
+from etlverify.contract import fnv1a_bucket
+from etlverify.embedded import EmbeddedTarget, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from etlverify.embedded import EmbeddedTarget
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -247,3 +252,373 @@ def test_crash_ends_the_process(make_target: TargetFactory) -> None:
         httpx.get(f"{target.base_url}/api/health", timeout=HTTP_TIMEOUT)
     log = LogReader(target).text()
     assert "[FATAL]" in log, "the crash left no FATAL line"
+
+
+# --- delayed faults (`after_s`), for `etlverify watch`: a healthy start, then the regression ----
+
+_HEALTH_500 = {"errors": {"fraction": 1.0, "status": 500, "route_prefix": "/api/health"}}
+
+
+def _schedule(api: Api, after_s: float, **patch: object) -> dict[str, Any]:
+    r = api.post(FAULTS, json={"after_s": after_s, **patch})
+    assert r.status_code == 202, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_scheduled_fault_starts_after_its_delay(fapi: Api) -> None:
+    """A patch with after_s 1 is validated at once (202, listed under `scheduled`), changes nothing
+    for a second, then is merged: /api/health starts answering 500 about 1 s after the POST."""
+    t0 = time.monotonic()
+    body = _schedule(fapi, 1.0, **_HEALTH_500)
+    entry = body["scheduled"]
+    assert entry["after_s"] == 1.0, entry
+    assert entry["patch"] == _HEALTH_500, entry
+    assert_iso(entry["at"])
+    assert 0 < entry["due_in_s"] <= 1.0, entry
+    assert body["faults"]["active"] is False, body["faults"]
+    assert body["faults"]["errors"]["fraction"] == 0.0, body["faults"]
+    pending = fapi.get_json(FAULTS)
+    assert [e["id"] for e in pending["scheduled"]] == [entry["id"]], pending["scheduled"]
+    assert pending["scheduled"][0]["patch"] == _HEALTH_500
+    health = fapi.get("/api/health/live")
+    early = time.monotonic() - t0
+    assert health.status_code == 200, f"fault active {early:.3f} s after a 1 s schedule"
+    poll_until(
+        lambda: fapi.get("/api/health/live").status_code == 500,
+        timeout=4,
+        interval=0.02,
+        what="the scheduled error fault",
+    )
+    started = time.monotonic() - t0
+    assert 0.95 <= started <= 1.5, f"the fault started {started:.3f} s after the POST, not ~1 s"
+    now = fapi.get_json(FAULTS)
+    assert now["scheduled"] == [], now["scheduled"]
+    assert now["active"] is True
+    assert now["errors"] == {**_HEALTH_500["errors"]}, now["errors"]
+
+
+def test_reset_cancels_scheduled_faults(fapi: Api) -> None:
+    """DELETE /api/_faults cancels a pending patch: it is gone from GET and never applied."""
+    _schedule(fapi, 1.0, **_HEALTH_500)
+    assert len(fapi.get_json(FAULTS)["scheduled"]) == 1
+    cleared = fapi.request("DELETE", FAULTS)
+    assert cleared.status_code == 200
+    assert cleared.json()["scheduled"] == [], cleared.json()
+    time.sleep(1.3)
+    assert fapi.get("/api/health/live").status_code == 200, "a cancelled fault was applied"
+    after = fapi.get_json(FAULTS)
+    assert after["active"] is False, after
+    assert after["scheduled"] == [], after
+
+
+def test_scheduled_faults_apply_in_time_order(fapi: Api) -> None:
+    """Patches merge in the order they fall due, not the order they were posted."""
+    later = _schedule(fapi, 1.0, errors={"fraction": 1.0, "status": 503})["scheduled"]
+    sooner = _schedule(fapi, 0.5, errors={"fraction": 1.0, "status": 500})["scheduled"]
+    listed = [e["id"] for e in fapi.get_json(FAULTS)["scheduled"]]
+    assert listed == [sooner["id"], later["id"]], listed
+    assert fapi.get("/api/jobs").status_code == 200
+    poll_until(lambda: fapi.get("/api/jobs").status_code == 500, timeout=3, what="first patch")
+    poll_until(lambda: fapi.get("/api/jobs").status_code == 503, timeout=3, what="second patch")
+    assert fapi.get_json(FAULTS)["errors"]["status"] == 503
+
+
+@pytest.mark.parametrize("after_s", [0, -1, "x", 1e9, None, True, 604_800.5])
+def test_bad_after_s_is_400(fapi: Api, after_s: object) -> None:
+    """after_s must be a number of seconds, 0 < after_s <= 604800: else 400 naming `after_s`,
+    and nothing is scheduled."""
+    r = fapi.post(FAULTS, json={"after_s": after_s, **_HEALTH_500})
+    assert_error(r, 400, {"INVALID_INPUT", "INVALID_RANGE"}, field="after_s")
+    assert fapi.get_json(FAULTS)["scheduled"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"after_s": 5, "errors": {"fraction": 2}}, "errors.fraction"),
+        ({"after_s": 5, "bogus": 1}, "bogus"),
+        ({"after_s": 5}, "body"),
+    ],
+)
+def test_bad_scheduled_patch_is_400_now(fapi: Api, body: dict[str, object], field: str) -> None:
+    """The patch of a scheduled POST is validated when posted, not when it falls due."""
+    assert_error(fapi.post(FAULTS, json=body), 400, {"INVALID_INPUT", "INVALID_RANGE"}, field=field)
+    assert fapi.get_json(FAULTS)["scheduled"] == []
+
+
+def test_memory_limit_sets_memory_percent(fapi: Api) -> None:
+    """memory_limit_mb: /api/health/metrics reports that limit and RSS over it, so a memory trigger
+    (> 95%) can be reached without filling the host; cleared, the real limit is back."""
+    before = fapi.get_json("/api/health/metrics")["metrics"]
+    real_limit = before["memory_limit_bytes"]
+    rss_mb = before["memory_usage"] / 2**20
+    _set(fapi, memory_limit_mb=rss_mb)
+    during = fapi.get_json("/api/health/metrics")["metrics"]
+    assert during["memory_limit_bytes"] == int(rss_mb * 2**20), during
+    assert during["memory_percent"] >= 95, during
+    fapi.request("DELETE", FAULTS)
+    after = fapi.get_json("/api/health/metrics")["metrics"]
+    assert after["memory_limit_bytes"] == real_limit, after
+    assert after["memory_percent"] < 95, after
+
+
+def _db_failures(api: Api) -> int:
+    count: int = api.get_json("/api/health/metrics")["metrics"]["database"]["connection_failures"]
+    return count
+
+
+def test_database_failures_per_min_count_without_traffic(fapi: Api) -> None:
+    """database_failures_per_min: the pool fails that often with no job traffic at all, each
+    failure counted in /api/health/metrics `database.connection_failures`; cleared, it stops."""
+    before = _db_failures(fapi)
+    _set(fapi, database_failures_per_min=600)  # 10 a second, the first at once
+    poll_until(
+        lambda: _db_failures(fapi) - before >= 10, timeout=4, interval=0.2, what="10 failures"
+    )
+    fapi.request("DELETE", FAULTS)
+    time.sleep(1.05)  # one sampler tick: anything still due has run
+    settled = _db_failures(fapi)
+    time.sleep(1.05)
+    assert _db_failures(fapi) == settled, "failures kept counting after the fault was cleared"
+
+
+def test_cli_fault_after_delays_the_hostile_modes(tmp_path: Path) -> None:
+    """`serve --enable-faults --hostile query-string-400 --fault-after 1`: the mode is pending
+    (listed under `scheduled`) at the start and on about a second after the start."""
+    target = EmbeddedTarget(
+        port=free_port(), enable_faults=True, config_overrides=REFERENCE_OVERRIDES
+    )
+    target.init()
+    cmd = [*_serve_cmd(target.root), "--host", "127.0.0.1", "--port", str(target.port)]
+    cmd += ["--enable-faults", "--hostile", "query-string-400", "--fault-after", "1"]
+    target.root.joinpath("logs").mkdir(parents=True, exist_ok=True)
+    try:
+        with target.server_log.open("ab") as out:
+            target.process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        with Api(target) as api:
+            pending = poll_until(
+                lambda: _get_or_none(api, FAULTS), timeout=20, interval=0.05, what="the server"
+            )
+            assert pending["hostile"]["query_string_400"] is False, pending
+            assert len(pending["scheduled"]) == 1, pending
+            assert pending["scheduled"][0]["patch"]["hostile"] == {"query_string_400": True}
+            poll_until(
+                lambda: api.get("/api/health", params={"x": "1"}).status_code == 400,
+                timeout=5,
+                what="query-string-400 after --fault-after 1",
+            )
+            assert api.get_json(FAULTS)["scheduled"] == []
+    finally:
+        target.stop()
+    usage = subprocess.run(
+        [*_serve_cmd(tmp_path), "--enable-faults", "--fault-after", "5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert usage.returncode == 2, usage
+    assert "--fault-after needs --hostile" in usage.stderr, usage.stderr
+    assert "Traceback" not in usage.stderr
+
+
+def _serve_cmd(root: Path) -> list[str]:
+    return [sys.executable, "-m", "etlplus_reference", "serve", "--root", str(root)]
+
+
+def _get_or_none(api: Api, path: str) -> dict[str, Any] | None:
+    try:
+        r = api.get(path)
+    except httpx.TransportError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+# --- cohort faults (`etlverify rollout`): one component bad for exactly its flag cohort ----------
+
+_RH_FLAG = "new_request_handler"
+
+
+def _cohort_users(percentage: float) -> tuple[str, str]:
+    """A user id inside a `percentage` cohort (bucket below it) and one outside it."""
+    inside = outside = None
+    for i in range(1000):
+        uid = f"cohort-user-{i}"
+        bucket = fnv1a_bucket(uid)
+        if inside is None and bucket < percentage:
+            inside = uid
+        if outside is None and bucket >= percentage:
+            outside = uid
+        if inside is not None and outside is not None:
+            return inside, outside
+    raise AssertionError(f"no user ids on both sides of {percentage}%")
+
+
+def _set_flags(api: Api, target: EmbeddedTarget, percentages: dict[str, float]) -> None:
+    """Enable each named flag at its percentage (all others off) and wait for the reload."""
+    path = target.root / "config" / "feature_flags.json"
+    data = default_flags()
+    for name, pct in percentages.items():
+        data["flags"][name] = True
+        data["rollout_percentages"][name] = pct
+    write_json_atomic(path, data)
+    sha = file_sha256(path)
+    poll_until(lambda: api.get_json("/api/flags")["sha256"] == sha, timeout=5, what="flag reload")
+
+
+@pytest.fixture
+def cohort_flags(fapi: Api, faulty: EmbeddedTarget) -> Iterator[Callable[[dict[str, float]], None]]:
+    """Set flags for a test; the safe defaults (everything off) are back afterwards."""
+    try:
+        yield lambda percentages: _set_flags(fapi, faulty, percentages)
+    finally:
+        _set_flags(fapi, faulty, {})
+
+
+def _timed_get(api: Api, path: str, user: str | None) -> tuple[float, httpx.Response]:
+    headers = {"X-User-Id": user} if user is not None else {}
+    t0 = time.perf_counter()
+    r = api.get(path, headers=headers)
+    return time.perf_counter() - t0, r
+
+
+def test_cohort_latency_only_inside_the_cohort(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None]
+) -> None:
+    """new_request_handler at 50%: a request_handler cohort latency of 200 ms delays exactly the
+    users inside the cohort; outside users, requests without X-User-Id and health are untouched."""
+    cohort_flags({_RH_FLAG: 50})
+    inside, outside = _cohort_users(50)
+    body = _set(fapi, cohorts={"request_handler": {"latency_ms": 200}})
+    assert body["active"] is True, body
+    assert body["cohorts"] == {
+        "request_handler": {"latency_ms": 200.0, "errors": {"fraction": 0.0, "status": 500}}
+    }, body["cohorts"]
+    for _ in range(3):
+        took, r = _timed_get(fapi, "/api/jobs", inside)
+        assert r.status_code == 200, r.text
+        assert _RH_FLAG in r.headers["x-feature-flags"].split(","), r.headers
+        assert took >= 0.18, f"inside the cohort: {took * 1000:.1f} ms, expected >= 180 ms"
+    for user in (outside, None):
+        times = []
+        for _ in range(3):
+            took, r = _timed_get(fapi, "/api/jobs", user)
+            assert r.status_code == 200, r.text
+            times.append(took)
+        assert min(times) < 0.1, f"user {user}: {[round(t * 1000, 1) for t in times]} ms"
+    took, r = _timed_get(fapi, "/api/health", inside)
+    assert r.status_code == 200
+    assert took < 0.18, f"/api/health was delayed: {took * 1000:.1f} ms"
+    fapi.request("DELETE", FAULTS)
+    assert fapi.get_json(FAULTS)["cohorts"] == {}
+    took, _ = _timed_get(fapi, "/api/jobs", inside)
+    assert took < 0.18, f"still delayed after DELETE: {took * 1000:.1f} ms"
+
+
+def test_cohort_latencies_add_up(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None]
+) -> None:
+    """A user inside two cohorts gets both latencies; one inside neither gets none."""
+    cohort_flags({_RH_FLAG: 50, "new_logger_system": 50})
+    inside, outside = _cohort_users(50)
+    _set(fapi, cohorts={"request_handler": {"latency_ms": 120}, "logger": {"latency_ms": 120}})
+    took, r = _timed_get(fapi, "/api/jobs", inside)
+    assert r.status_code == 200
+    assert took >= 0.23, f"inside both cohorts: {took * 1000:.1f} ms, expected >= 240 ms"
+    _set(fapi, cohorts={"logger": None})  # null removes one component's cohort fault
+    assert list(fapi.get_json(FAULTS)["cohorts"]) == ["request_handler"]
+    times = [_timed_get(fapi, "/api/jobs", outside)[0] for _ in range(3)]
+    assert min(times) < 0.1, f"outside both: {[round(t * 1000, 1) for t in times]} ms"
+
+
+def test_cohort_errors_only_inside_the_cohort(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None]
+) -> None:
+    """An errors cohort fault with fraction 1: inside users get the contract's 503 JSON error
+    (naming the cohort), outside users and requests without X-User-Id get 200."""
+    cohort_flags({_RH_FLAG: 50})
+    inside, outside = _cohort_users(50)
+    _set(fapi, cohorts={"request_handler": {"errors": {"fraction": 1.0, "status": 503}}})
+    for _ in range(3):
+        r = fapi.get("/api/jobs", headers={"X-User-Id": inside})
+        body = assert_error(r, 503, "COMPONENT_UNAVAILABLE")
+        assert body["context"]["cohort"] == "request_handler", body
+        assert fapi.get("/api/jobs", headers={"X-User-Id": outside}).status_code == 200
+        assert fapi.get("/api/jobs").status_code == 200
+    assert fapi.get("/api/health", headers={"X-User-Id": inside}).status_code == 200
+    assert fapi.get(FAULTS, headers={"X-User-Id": inside}).status_code == 200
+
+
+def test_cohort_faults_follow_the_flag(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None]
+) -> None:
+    """At 0% (or with the flag off) nobody is inside: the cohort fault touches no one; raised to
+    50%, the same fault reaches the users now inside, at once."""
+    inside, outside = _cohort_users(50)
+    _set(
+        fapi,
+        cohorts={
+            "request_handler": {"latency_ms": 200, "errors": {"fraction": 1.0, "status": 500}}
+        },
+    )
+    for percentages in ({_RH_FLAG: 0.0}, {}):
+        cohort_flags(percentages)
+        for user in (inside, outside):
+            took, r = _timed_get(fapi, "/api/jobs", user)
+            assert r.status_code == 200, (percentages, user, r.text)
+            assert took < 0.18, (percentages, user, took)
+    cohort_flags({_RH_FLAG: 50})
+    assert_error(fapi.get("/api/jobs", headers={"X-User-Id": inside}), 500, "INTERNAL_ERROR")
+    assert fapi.get("/api/jobs", headers={"X-User-Id": outside}).status_code == 200
+
+
+def test_scheduled_cohort_fault(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None]
+) -> None:
+    """after_s works for cohort faults: validated at once, merged when due."""
+    cohort_flags({_RH_FLAG: 50})
+    inside, outside = _cohort_users(50)
+    patch = {"request_handler": {"errors": {"fraction": 1.0, "status": 503}}}
+    entry = _schedule(fapi, 0.5, cohorts=patch)["scheduled"]
+    assert entry["patch"] == {"cohorts": patch}, entry
+    assert fapi.get("/api/jobs", headers={"X-User-Id": inside}).status_code == 200
+    poll_until(
+        lambda: fapi.get("/api/jobs", headers={"X-User-Id": inside}).status_code == 503,
+        timeout=3,
+        what="the scheduled cohort fault",
+    )
+    assert fapi.get("/api/jobs", headers={"X-User-Id": outside}).status_code == 200
+    assert fapi.get_json(FAULTS)["cohorts"]["request_handler"]["errors"]["status"] == 503
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"cohorts": []}, "cohorts"),
+        ({"cohorts": {"bogus": {"latency_ms": 1}}}, "cohorts.bogus"),
+        ({"cohorts": {"new_request_handler": {"latency_ms": 1}}}, "cohorts.new_request_handler"),
+        ({"cohorts": {"logger": 5}}, "cohorts.logger"),
+        ({"cohorts": {"logger": {"latency_ms": -1}}}, "cohorts.logger.latency_ms"),
+        ({"cohorts": {"logger": {"latency_ms": 60_001}}}, "cohorts.logger.latency_ms"),
+        ({"cohorts": {"logger": {"latency_ms": "9"}}}, "cohorts.logger.latency_ms"),
+        ({"cohorts": {"types": {"errors": {"fraction": 1.5}}}}, "cohorts.types.errors.fraction"),
+        ({"cohorts": {"types": {"errors": {"fraction": -0.1}}}}, "cohorts.types.errors.fraction"),
+        ({"cohorts": {"types": {"errors": {"status": 418}}}}, "cohorts.types.errors.status"),
+        ({"cohorts": {"types": {"errors": {"status": 200}}}}, "cohorts.types.errors.status"),
+        ({"cohorts": {"types": {"errors": 1}}}, "cohorts.types.errors"),
+        ({"cohorts": {"types": {"errors": {"nope": 1}}}}, "cohorts.types.errors.nope"),
+        ({"cohorts": {"websocket": {"nope": 1}}}, "cohorts.websocket.nope"),
+        ({"after_s": 5, "cohorts": {"bogus": {}}}, "cohorts.bogus"),
+    ],
+)
+def test_invalid_cohort_faults_are_400(fapi: Api, body: dict[str, object], field: str) -> None:
+    """A bad cohort fault is a 400 naming the field (never 5xx), and changes nothing."""
+    r = fapi.post(FAULTS, json=body)
+    assert_error(r, 400, {"INVALID_INPUT", "INVALID_RANGE"}, field=field)
+    now = fapi.get_json(FAULTS)
+    assert now["active"] is False, now
+    assert now["cohorts"] == {}, now
+    assert now["scheduled"] == [], now

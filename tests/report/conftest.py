@@ -43,7 +43,10 @@ ERRORS_SUITE = ROOT / "verification" / "post_deploy" / "test_post_errors.py"
 SELECTION = "test_unknown_job_is_404_naming_the_job or test_invalid_json_is_400"
 TOKEN_CANARY = "etlvCanaryTok3n-7f3a9c1e"
 PASSWORD_CANARY = "etlvCanaryPassw0rd-51b2d8"
-BASE_ARGS = ("-p", "no:locust", "-p", "no:cacheprovider", "-p", "no:xdist", "--strict-markers")
+BASE_ARGS = (
+    "-p", "no:locust", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:benchmark",
+    "--strict-markers",
+)  # fmt: skip
 
 FAULTS_PLUGIN = '''
 import pytest

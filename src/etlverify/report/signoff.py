@@ -12,7 +12,9 @@ sheet has blank lines for signatures.
 
 from __future__ import annotations
 
+import base64
 import difflib
+import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +68,21 @@ SIBLING_FILES = {
     "summary.json": "summary.json (this verdict, machine-readable)",
     "checklist_results.json": "checklist_results.json",
     "locust_summary.json": "Locust summary (performance gate of the load run)",
+    "watch.html": "Watch report (etlverify watch: timeline, triggers, notifications)",
+    "watch.json": "watch.json (every window and event of the watch)",
+    "rollout.html": "Rollout report (etlverify rollout: flags over time, each step's cohorts)",
+    "rollout.json": "rollout.json (the rollout's journal and every step's comparison)",
+}
+#: Evidence of the long-running steps shown as sections of their own: summary file -> (section
+#: id, title, timeline image beside it, its own report).
+LONG_RUNS = {
+    "watch_summary.json": ("watch", "Watch (etlverify watch)", "watch_timeline.png", "watch.html"),
+    "rollout_summary.json": (
+        "rollout",
+        "Staged rollout (etlverify rollout)",
+        "rollout_timeline.png",
+        "rollout.html",
+    ),
 }
 LOCUST_HTML = "locust.html"
 
@@ -240,6 +257,40 @@ def _siblings(directory: Path | None, summary: Summary) -> list[dict[str, str]]:
     return links
 
 
+def _long_runs(directory: Path | None) -> list[dict[str, Any]]:
+    """The watch and rollout sections: verdict, what was measured, the timeline (embedded, so the
+    report stays one file), and the link to their own report."""
+    if directory is None:
+        return []
+    out: list[dict[str, Any]] = []
+    for name, (ident, title, png, page) in LONG_RUNS.items():
+        path = directory / name
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        image = directory / png
+        out.append(
+            {
+                "id": ident,
+                "title": title,
+                "verdict": str(data.get("verdict") or "?"),
+                "lines": [str(x) for x in (data.get("messages") or [])][:12],
+                "measured": [str(x) for x in (data.get("measured") or [])][:20],
+                "items": [i for i in data.get("items") or [] if isinstance(i, dict)],
+                "png": base64.b64encode(image.read_bytes()).decode("ascii")
+                if image.exists()
+                else None,
+                "href": page if (directory / page).exists() else None,
+            }
+        )
+    return out
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("etlverify.report", "templates"),
@@ -314,6 +365,7 @@ def render_signoff(summary: Summary, directory: Path | None = None) -> str:
             signoff_rows=_signoff_rows(summary),
             fingerprint=summary.fingerprint,
             siblings=_siblings(directory, summary),
+            long_runs=_long_runs(directory),
             generated=generated,
         )
     )

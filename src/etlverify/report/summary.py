@@ -68,7 +68,7 @@ KINDS = ("pytest", "locust", "merged")
 #: the environment variable CI sets once for all steps of one pipeline run
 PIPELINE_RUN_ENV = "ETLPLUS_PIPELINE_RUN_ID"
 #: the tools that write summaries (``run.tool``)
-TOOLS = ("pytest", "locust", "watch")
+TOOLS = ("pytest", "locust", "watch", "rollout")
 #: exit codes a pytest summary may record: the run's own (docs/exit-codes.md), 5 for a run that
 #: selected nothing; 4 was INCOMPLETE before 11 took its place, and such summaries are still read
 EXIT_CODES = frozenset({0, 1, 2, 3, 4, 5, 11})

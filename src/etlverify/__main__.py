@@ -1,0 +1,5 @@
+"""`python -m etlverify ...`: the `etlverify` command."""
+
+from etlverify.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,10 @@
+"""`etlverify rollout`: the staged feature-flag rollout, judged live against its own control cohort.
+
+- `plan`: the plan (TOML, or the checklist's default);
+- `cohort`: the cohort judge (the same traffic as users inside and outside a flag's cohort,
+  interleaved, compared with `etlverify.baseline.compare`);
+- `conductor`: flags, checks, holds, partial rollback, the journal that `--resume` continues;
+- `report`: `rollout.json`, `rollout_summary.json` (for `etlverify gate`), `rollout.html`.
+
+Plain Python: no pytest, no locust.
+"""

@@ -1,0 +1,162 @@
+"""`etlverify rollout [PLAN]`: the command line. `etlverify rollout resume` = `--resume`.
+
+Exit codes (the gate's family): 0 PASS (every component reached the plan's percentage), 10 FAIL (a
+component was judged worse and rolled back), 11 INCOMPLETE (paused: by the plan or because the
+judge could not decide twice; stopped), 13 target unreachable, 14 usage.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from etlverify.errors import EtlVerifyError
+from etlverify.rollout.conductor import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Conductor,
+    RolloutError,
+    dry_run,
+)
+from etlverify.rollout.plan import PlanError, load_plan
+from etlverify.watch.engine import parse_duration
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Mapping
+
+__all__ = ["add_parser", "main_rollout"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The `rollout` subcommand's options."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "rollout",
+        help="drive the staged flag rollout, judged live against its own control cohort",
+        description="Drive the feature-flag rollout of PLAN (TOML; default: the checklist's "
+        "phases 2 and 3). Each step sets a flag, waits until the target reports it, runs the "
+        "component's checks, then holds while users inside and outside the cohort get the same "
+        "traffic, interleaved; a significant regression of the inside cohort rolls back exactly "
+        "that component (rollback.sh partial). `etlverify rollout resume` continues from the "
+        "journal after a crash.",
+        epilog="exit codes: 0 PASS, 10 FAIL (a component rolled back), 11 INCOMPLETE (paused or "
+        "stopped), 13 target unreachable, 14 usage",
+    )
+    p.add_argument("plan", nargs="?", help="plan file (TOML), or `resume`")
+    p.add_argument("--resume", action="store_true", help="continue the rollout in --state")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its timings only")
+    p.add_argument("--base-url", metavar="URL", help="the target [env ETLPLUS_BASE_URL]")
+    p.add_argument("--deploy-root", metavar="DIR", type=Path,
+                   help="the deployment folder (config/feature_flags.json, deployment/rollback.sh)"
+                   " [env ETLPLUS_DEPLOY_ROOT]")  # fmt: skip
+    p.add_argument("--state", metavar="DIR", type=Path, default=Path("reports/rollout-state"),
+                   help="the journal's folder (reports/rollout-state)")  # fmt: skip
+    p.add_argument("--reports", metavar="DIR", type=Path, default=Path("reports"))
+    p.add_argument("--notify", metavar="URL", action="append", default=[],
+                   help="an apprise URL; repeatable (as etlverify watch)")  # fmt: skip
+    p.add_argument("--no-checks", action="store_true",
+                   help="do not run the component's pytest checks at each step")  # fmt: skip
+    p.add_argument(
+        "--hold",
+        metavar="DURATION",
+        help="every step's hold (overrides the plan: for tests and rehearsals)",
+    )
+    p.add_argument("--window", metavar="DURATION", help="judge window (overrides the plan)")
+    p.add_argument("--rate", metavar="RPS", type=float, help="judge rate (overrides the plan)")
+    p.add_argument(
+        "--rollback-cmd", metavar="CMD", help="default <deploy-root>/deployment/rollback.sh"
+    )
+    return p
+
+
+def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    """Run `etlverify rollout`; the exit code."""
+    environ = os.environ if env is None else env
+    resume = bool(args.resume or args.plan == "resume")
+    plan_path = None if args.plan in (None, "resume") else Path(args.plan)
+    notifier = None
+    try:
+        plan = load_plan(plan_path)
+        hold = parse_duration(args.hold, "--hold") if args.hold else None
+        window = parse_duration(args.window, "--window") if args.window else None
+        plan = plan.compressed(hold, window)
+        if args.rate is not None:
+            if not 0 < args.rate <= 200:
+                raise PlanError(
+                    f"--rate: expected requests per second in (0, 200], got {args.rate}"
+                )
+            from dataclasses import replace
+
+            plan = replace(plan, rate_rps=args.rate)
+        if args.dry_run:
+            for line in dry_run(plan):
+                print(line)
+            return 0
+        base_url = (args.base_url or environ.get("ETLPLUS_BASE_URL") or "").rstrip("/")
+        root = args.deploy_root or environ.get("ETLPLUS_DEPLOY_ROOT")
+        if not base_url or not root:
+            raise PlanError(
+                "--base-url and --deploy-root are needed (the flags file is changed there)"
+            )
+        deploy_root = Path(root)
+        if not (deploy_root / "config" / "feature_flags.json").is_file():
+            raise PlanError(f"--deploy-root {deploy_root}: no config/feature_flags.json there")
+        if args.notify:
+            from etlverify.watch.notify import Notifier
+
+            notifier = Notifier(args.notify, on_event=lambda line: print(line, flush=True))
+    except (EtlVerifyError, ValueError) as exc:
+        print(f"etlverify rollout: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        httpx.get(f"{base_url}/api/health", timeout=5.0)
+    except httpx.HTTPError as exc:
+        print(
+            f"etlverify rollout: target {base_url} is unreachable: {type(exc).__name__}: {exc} "
+            f"(curl -sS -m 5 {base_url}/api/health)",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    from etlverify.deployment import OpsRunner
+    from etlverify.rollout.cohort import CohortJudge
+
+    rollback_cmd = args.rollback_cmd or str(deploy_root / "deployment" / "rollback.sh")
+    token = environ.get("ETLPLUS_TOKEN")
+    judge = CohortJudge(base_url, headers={"Authorization": f"Bearer {token}"} if token else None)
+    conductor = Conductor(
+        plan=plan,
+        base_url=base_url,
+        deploy_root=deploy_root,
+        state_dir=args.state,
+        reports_dir=args.reports,
+        judge_=judge,
+        ops=OpsRunner(None, (rollback_cmd,), cwd=deploy_root),
+        notifier=notifier,
+        run_checks=not args.no_checks,
+        out=lambda line: print(line, flush=True),
+    )
+
+    def stop(signum: int, frame: object) -> None:
+        conductor.stop_reason = f"stopped by {signal.Signals(signum).name}"
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        outcome = conductor.run(resume=resume)
+    except RolloutError as exc:
+        print(f"etlverify rollout: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        judge.close()
+        if notifier is not None:
+            notifier.close(10.0)
+    print(f"etlverify rollout: {outcome.verdict} (exit code {outcome.exit_code})")
+    for line in outcome.lines:
+        print(f"  {line}")
+    print(f"  evidence: {args.reports / 'rollout.json'}, {args.reports / 'rollout.html'}")
+    return outcome.exit_code

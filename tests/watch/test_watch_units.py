@@ -1,0 +1,116 @@
+"""The watch's pieces that need no target: durations, the state folder after a crash, the command
+line's one-line usage errors and its exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+from watch_support import free_port
+
+from etlverify.watch.engine import format_duration, parse_duration
+from etlverify.watch.state import StateError, WatchState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("4h", 14400), ("1h30m", 5400), ("2d", 172800), ("1w", 604800),
+     ("45", 45), ("0.5s", 0.5)],
+)  # fmt: skip
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text, "--for") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "4x", "h", "-5m", "0s", "1h30"])
+def test_bad_durations_name_the_option(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^--for: "):
+        parse_duration(text, "--for")
+
+
+def test_format_duration() -> None:
+    assert format_duration(4320) == "1 h 12 m"
+    assert format_duration(185) == "3 m 5 s"
+    assert format_duration(14400) == "4 h"
+
+
+def test_partial_last_line_is_dropped_and_cut_before_the_next_append(tmp_path: Path) -> None:
+    state = WatchState(tmp_path / "s")
+    state.create({"watch_id": "x"})
+    state.add_window({"index": 0, "duration_s": 1.0})
+    state.add_window({"index": 1, "duration_s": 1.0})
+    with state.windows_path.open("ab") as fh:  # a crash in the middle of a write
+        fh.write(b'{"index": 2, "durat')
+    assert [w["index"] for w in state.windows()] == [0, 1]
+    state.prepare_append()
+    state.add_window({"index": 2, "duration_s": 1.0})
+    assert [w["index"] for w in state.windows()] == [0, 1, 2]
+
+
+def test_a_window_written_twice_counts_once(tmp_path: Path) -> None:
+    state = WatchState(tmp_path / "s")
+    state.create({"watch_id": "x"})
+    state.add_window({"index": 0, "duration_s": 1.0, "copy": 1})
+    state.add_window({"index": 0, "duration_s": 1.0, "copy": 2})
+    assert state.windows() == [{"index": 0, "duration_s": 1.0, "copy": 1}]
+
+
+def test_a_broken_line_in_the_middle_is_one_line_error(tmp_path: Path) -> None:
+    state = WatchState(tmp_path / "s")
+    state.create({"watch_id": "x"})
+    state.windows_path.write_text('{"index": 0}\nnot json\n{"index": 1}\n')
+    with pytest.raises(StateError, match=r"windows.jsonl: line 2 is not JSON$"):
+        state.windows()
+
+
+def _watch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etlverify", "watch", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--for", "soon"], "--for: expected a duration such as 90s"),
+        (["--for", "8d"], "--for: at most a week, got '8d'"),
+        (["--for", "1m", "--window", "5m"], "--window 5m is longer than --for 1m"),
+        (["--for", "1m", "--on-trigger", "partial:loger"], "--on-trigger: expected none, full"),
+        (["--for", "1m", "--base-url", "localhost:1"], "--base-url: expected a URL starting"),
+        (["--for", "1m", "--notify", "nosuch://x"], "notification URL"),
+        (["--for", "1m", "--baseline", "missing.json"], "--baseline missing.json: cannot read"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_14(args: list[str], message: str, tmp_path: Path) -> None:
+    result = _watch(*args, cwd=tmp_path)
+    assert result.returncode == 14, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_baseline_that_is_not_a_watch_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "b.json").write_text(json.dumps({"tool": "locust", "windows": []}))
+    result = _watch("--for", "1m", "--baseline", "b.json", cwd=tmp_path)
+    assert result.returncode == 14
+    assert "not a watch.json with windows" in result.stderr
+
+
+def test_unreachable_target_exits_13_with_a_curl_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = _watch("--for", "1m", "--base-url", url, cwd=tmp_path)
+    assert result.returncode == 13, result.stdout + result.stderr
+    assert f"target {url} is unreachable" in result.stderr
+    assert f"curl -sS -m 5 {url}/api/health" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

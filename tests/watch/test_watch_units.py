@@ -114,3 +114,33 @@ def test_unreachable_target_exits_13_with_a_curl_line(tmp_path: Path) -> None:
     assert f"target {url} is unreachable" in result.stderr
     assert f"curl -sS -m 5 {url}/api/health" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_sigterm_ends_the_watch_with_a_partial_verdict(tmp_path: Path) -> None:
+    """SIGTERM: the watch stops at once, writes its evidence and says how much it watched."""
+    import signal
+    import time
+
+    from etlverify.embedded import EmbeddedTarget
+
+    target = EmbeddedTarget()
+    target.start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etlverify", "watch", "--for", "10m", "--window", "2s",
+             "--probe-every", "0.5s", "--base-url", target.base_url,
+             "--state", str(tmp_path / "state"), "--reports", str(tmp_path / "reports")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        )  # fmt: skip
+        time.sleep(7.0)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        target.stop()
+    assert proc.returncode == 11, out
+    assert "etlverify watch: INCONCLUSIVE (exit code 11)" in out
+    assert "of 10 m (stopped by SIGTERM)" in out
+    assert "Traceback" not in out
+    data = json.loads((tmp_path / "reports" / "watch.json").read_text())
+    kinds = [e["type"] for e in data["events"] if e["type"] != "notification"]
+    assert kinds[-2:] == ["stopped", "finished"]

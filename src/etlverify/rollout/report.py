@@ -137,6 +137,51 @@ def _timeline_png(conductor: Conductor) -> str | None:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _cohort_png(conductor: Conductor) -> str | None:
+    """Per step: the window p50s of the inside and the outside cohort side by side (box plots),
+    FAIL steps marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    verdicts = [r for r in conductor.journal if r.get("type") == "verdict" and r.get("result")]
+    last: dict[int, dict[str, Any]] = {}
+    for v in verdicts:
+        last[int(v["step"])] = v
+    if not last:
+        return None
+    data, labels, colors = [], [], []
+    for step, v in sorted(last.items()):
+        result = v["result"]
+        for side in ("inside", "outside"):
+            windows = [
+                w.get("p50_ms")
+                for metric in (result.get(side) or {}).values()
+                for w in metric.get("windows", [])
+                if w.get("p50_ms") is not None
+            ]
+            data.append(windows or [float("nan")])
+            labels.append(f"{step + 1} {side[:3]}")
+            colors.append("tab:red" if v.get("verdict") == "FAIL" and side == "inside" else
+                          "tab:blue" if side == "inside" else "tab:gray")  # fmt: skip
+    fig, ax = plt.subplots(figsize=(max(8, len(data) * 0.35), 3.6))
+    box = ax.boxplot(data, patch_artist=True, showfliers=False)
+    for patch, color in zip(box["boxes"], colors, strict=True):
+        patch.set_facecolor(color)
+        patch.set_alpha(0.5)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=90, fontsize=7)
+    ax.set_ylabel("window p50 (ms)")
+    ax.set_title("each step: inside vs outside cohort (red: judged worse)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def _steps(conductor: Conductor) -> list[dict[str, Any]]:
     out = []
     for i, step in enumerate(conductor.plan.steps):
@@ -208,6 +253,9 @@ def write_reports(conductor: Conductor, outcome: RolloutOutcome) -> None:
         for s in steps
     )
     img = f'<img alt="rollout timeline" src="data:image/png;base64,{png}">' if png else ""
+    cohort_png = _cohort_png(conductor)
+    if cohort_png:
+        img += f'<br><img alt="cohorts per step" src="data:image/png;base64,{cohort_png}">'
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in outcome.lines)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>etlverify rollout</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px;

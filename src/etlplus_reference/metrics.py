@@ -43,6 +43,10 @@ class RequestCounters:
     server_errors: int = 0
 
 
+#: CPU is refreshed over at least this interval (shorter ones are dominated by tick resolution)
+MIN_CPU_INTERVAL_S = 0.5
+
+
 class ProcessSampler:
     """A snapshot of this process's CPU and memory, refreshed by `sample()`."""
 
@@ -55,13 +59,24 @@ class ProcessSampler:
         self.system_cpu_percent = 0.0
         self.sampled_at = 0.0
         psutil.cpu_percent(None)
+        self._cpu_since = time.monotonic()
+        self._cpu_cap = 100.0 * (psutil.cpu_count() or 1)
         self.sample()
 
     def sample(self) -> None:
-        """Refresh the snapshot (cheap: a few /proc reads)."""
+        """Refresh the snapshot (cheap: a few /proc reads).
+
+        CPU is measured between two calls; over a few milliseconds (the call right after start)
+        the clock-tick resolution of the process's CPU time gives nonsense such as 3617%, so CPU
+        is only refreshed after at least `MIN_CPU_INTERVAL_S`, and never above 100% per core.
+        """
         self.rss_bytes = int(self.process.memory_info().rss)
-        self.cpu_percent = float(self.process.cpu_percent(None))
-        self.system_cpu_percent = float(psutil.cpu_percent(None))
+        now = time.monotonic()
+        if now - self._cpu_since >= MIN_CPU_INTERVAL_S:
+            cpu = float(self.process.cpu_percent(None))
+            self.cpu_percent = max(0.0, min(cpu, self._cpu_cap))
+            self.system_cpu_percent = float(psutil.cpu_percent(None))
+            self._cpu_since = now
         self.sampled_at = time.time()
 
     @property

@@ -321,7 +321,7 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         resuming = state.exists()
         if resuming:
             with contextlib.suppress(StateError):
-                if any(e.get("type") == "finished" for e in _events(state)):
+                if any(e.get("type") == "finished" for e in state.events()):
                     old = state.meta().get("watch_id", "old")
                     archive = args.state.with_name(f"{args.state.name}.{old}")
                     shutil.move(str(args.state), str(archive))
@@ -394,7 +394,3 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         print(f"  {line}")
     print(f"  evidence: {args.reports / 'watch.json'}, {args.reports / 'watch.html'}")
     return outcome.exit_code
-
-
-def _events(state: WatchState) -> list[dict[str, Any]]:
-    return state.events()

@@ -12,7 +12,6 @@ watch's `watch.json`) or this watch's first `baseline_windows` windows.
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import signal
@@ -51,7 +50,6 @@ __all__ = [
     "WatchOutcome",
     "WatchPlan",
     "WatchRunner",
-    "ceil_windows",
     "format_duration",
     "install_signals",
     "parse_duration",
@@ -661,8 +659,3 @@ def install_signals(runner: WatchRunner) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-
-
-def ceil_windows(plan: WatchPlan) -> int:
-    """Windows the plan holds."""
-    return math.ceil(plan.duration_s / plan.window_s)

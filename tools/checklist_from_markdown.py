@@ -4,7 +4,8 @@ Used once to create the file and again when the checklist changes: items already
 their id and automation fields; new items are added as "automated" for a person to review. The JSON,
 not this script, is the reviewed source of truth.
 
-    python tools/checklist_from_markdown.py ../shared/deployment_checklist.md src/etlverify/checklist.json
+    python tools/checklist_from_markdown.py \
+        ../shared/deployment_checklist.md src/etlverify/checklist.json
 """
 
 from __future__ import annotations
@@ -23,8 +24,33 @@ SECTION_PREFIX = {
     "Communication Plan": "comms",
     "Sign-off": "signoff",
 }
-STOP = {"the", "a", "an", "and", "or", "with", "for", "of", "to", "in", "on", "is", "are", "if",
-        "all", "new", "from", "file", "system", "etl", "plus", "current", "verify", "check", "test"}
+STOP = {
+    "the",
+    "a",
+    "an",
+    "and",
+    "or",
+    "with",
+    "for",
+    "of",
+    "to",
+    "in",
+    "on",
+    "is",
+    "are",
+    "if",
+    "all",
+    "new",
+    "from",
+    "file",
+    "system",
+    "etl",
+    "plus",
+    "current",
+    "verify",
+    "check",
+    "test",
+}
 
 
 def slug(text: str, words: int = 3) -> str:
@@ -65,7 +91,11 @@ def parse(md: str) -> list[dict[str, str]]:
             if section in ("Deployment Steps",) and not group:
                 continue
             text = re.sub(r"^\s*- (\[ \] )?", "", line).strip()
-            if section == "Rollback Triggers and Procedures" and sub == "Rollback Procedures" and not group:
+            if (
+                section == "Rollback Triggers and Procedures"
+                and sub == "Rollback Procedures"
+                and not group
+            ):
                 continue
             heading = " / ".join(x for x in (sub, group) if x)
             items.append({"section": section, "heading": heading, "phase": phase, "text": text})
@@ -76,7 +106,9 @@ def main() -> int:
     md_path, json_path = Path(sys.argv[1]), Path(sys.argv[2])
     old = {}
     if json_path.exists():
-        old = {i["text"] + "|" + i["heading"]: i for i in json.loads(json_path.read_text())["items"]}
+        old = {
+            i["text"] + "|" + i["heading"]: i for i in json.loads(json_path.read_text())["items"]
+        }
     out = []
     seen: set[str] = set()
     for it in parse(md_path.read_text(encoding="utf-8")):
@@ -94,8 +126,14 @@ def main() -> int:
             ident, n = f"{base}_{n}", n + 1
         seen.add(ident)
         out.append({"id": ident, **it, "automation": "automated"})
-    json_path.write_text(json.dumps({"schema_version": 1, "source": "shared/deployment_checklist.md",
-                                     "items": out}, indent=2) + "\n", encoding="utf-8")
+    json_path.write_text(
+        json.dumps(
+            {"schema_version": 1, "source": "shared/deployment_checklist.md", "items": out},
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     print(f"{len(out)} items -> {json_path}")
     return 0
 

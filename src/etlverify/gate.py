@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
+from etlverify.durations import parse_duration
 from etlverify.errors import EtlVerifyError
 from etlverify.report.summary import (
     Finding,
@@ -149,8 +150,6 @@ _LOCUST_VERDICTS = {
 _NOT_JUDGED = (EXIT_USAGE, 5)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class GateUsageError(EtlVerifyError, ValueError):
@@ -161,13 +160,12 @@ class GateUsageError(EtlVerifyError, ValueError):
 
 
 def parse_max_age(text: str, source: str = "--max-age") -> timedelta:
-    """``90s``, ``30m``, ``6h``, ``2d`` (a number and a unit) -> timedelta; `GateUsageError`."""
-    match = _DURATION.match(text or "")
-    if match is None or float(match.group(1)) <= 0:
-        raise GateUsageError(
-            f"{source}: expected a duration > 0 with a unit (90s, 30m, 6h, 2d), got {text!r}"
-        )
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+    """``90s``, ``30m``, ``6h``, ``2d``, ``1h30m`` (`etlverify.durations`) -> timedelta;
+    `GateUsageError`."""
+    try:
+        return timedelta(seconds=parse_duration(text or "", source))
+    except ValueError as exc:
+        raise GateUsageError(str(exc)) from None
 
 
 def _age_text(delta: timedelta) -> str:

@@ -79,10 +79,10 @@ class Target:
         )
 
 
-def unreachable_message(base_url: str, reason: str) -> str:
+def unreachable_message(base_url: str, reason: str, tool: str = "etlverify") -> str:
     """The one line that ends a run whose target does not answer."""
     return (
-        f"etlverify: target {base_url} is unreachable: {reason} "
+        f"{tool}: target {base_url} is unreachable: {reason} "
         f"(curl -sS -m {PROBE_TIMEOUT:g} {shlex.quote(base_url + '/api/health')})"
     )
 

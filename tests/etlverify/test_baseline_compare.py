@@ -16,7 +16,7 @@ from etlverify.baseline import (
     min_p_value,
     record,
 )
-from etlverify.baseline.compare import judge_metric
+from etlverify.baseline.compare import judge_metric, judge_paired
 from etlverify.baseline.spec import parse_spec
 from etlverify.measure import LatencyRecorder, LoadParameters, MetricResult, RunResult
 
@@ -333,7 +333,7 @@ def test_noise_floor_catches_25_percent_that_a_fixed_2ms_floor_hides() -> None:
     assert fixed.verdict is Verdict.PASS, fixed.line()
     noise = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2sd"), base, slowed)
     assert noise.verdict is Verdict.FAIL, noise.line()
-    assert "(floor 0.141 ms)" in noise.tolerance  # 2 sd of the windows; 10% (0.5 ms) governs
+    assert "(floor 0.148 ms)" in noise.tolerance  # 2 robust sd of the windows; 10% (0.5 ms) governs
     unchanged = constant_metric([5.0, 5.05, 4.95, 5.1, 4.9])
     same = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2sd"), base, unchanged)
     assert same.verdict is Verdict.PASS, same.line()
@@ -345,3 +345,92 @@ def test_noise_floor_widens_with_a_noisy_baseline() -> None:
     bit_slower = constant_metric([5.6, 5.7, 5.8, 5.6, 5.7])
     verdict = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2sd"), base, bit_slower)
     assert verdict.verdict is not Verdict.FAIL, verdict.line()
+
+
+#: A CI run's recording: ten 6 ms windows, one of which caught a 1.3 s pause of the host.
+STALLED_BASELINE = [5.9, 6.0, 5.8, 6.1, 5.95, 1300.0, 6.05, 5.9, 6.0, 5.85]
+
+
+def test_one_stalled_baseline_window_does_not_make_the_baseline_useless() -> None:
+    """With a plain sd (390 ms) every later run was INCONCLUSIVE "baseline too noisy" and the
+    +50% run was "busy host" INCONCLUSIVE; the robust spread sees the other nine windows."""
+    base = constant_metric(STALLED_BASELINE, n=50)
+    unchanged = constant_metric([5.2, 5.3, 5.25, 5.2, 5.3], n=50)
+    same = judge_metric(ROUTE, "p50", parse_spec("p50:50%,+3ms"), base, unchanged)
+    assert same.verdict is Verdict.PASS, same.line()
+    slowed = constant_metric([9.1, 9.2, 9.0, 9.3, 9.1], n=50)  # +3.1 ms (~+52%)
+    slow = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2ms"), base, slowed)
+    assert slow.verdict is Verdict.FAIL, slow.line()
+
+
+def test_one_stalled_baseline_window_does_not_widen_a_noise_floor() -> None:
+    """+2sd over a baseline with a stalled window: a 20% slowdown still fails (a plain sd made
+    the floor 780 ms, and any regression passed)."""
+    base = constant_metric(STALLED_BASELINE, n=50)
+    slowed = constant_metric([7.2, 7.3, 7.2, 7.25, 7.3], n=50)
+    verdict = judge_metric(ROUTE, "p50", parse_spec("p50:10%,+2sd"), base, slowed)
+    assert verdict.verdict is Verdict.FAIL, verdict.line()
+
+
+# -- paired windows (a live control group) ---------------------------------------------------
+
+#: a host that got busy halfway: both sides' windows jump from ~2 ms to ~3.5 ms together
+BUSY_HALFWAY = [2.0, 2.05, 1.95, 2.02, 1.98, 3.5, 3.6, 3.4, 3.55, 3.45]
+
+
+def test_paired_windows_see_25_percent_through_a_busy_host() -> None:
+    """Unpaired, the level's scatter (a busy host) hides +25%; paired, it cancels."""
+    reference = constant_metric(BUSY_HALFWAY, n=60)
+    slowed = constant_metric([v * 1.25 for v in BUSY_HALFWAY], n=60)
+    spec = parse_spec("p50:10%,+2sd")
+    unpaired = judge_metric(ROUTE, "p50", spec, reference, slowed)
+    assert unpaired.verdict is not Verdict.FAIL, unpaired.line()
+    paired = judge_paired(ROUTE, "p50", spec, reference, slowed)
+    assert paired.verdict is Verdict.FAIL, paired.line()
+    assert "Wilcoxon signed-rank p=" in paired.line()
+
+
+def test_paired_windows_pass_no_change_through_a_busy_host() -> None:
+    reference = constant_metric(BUSY_HALFWAY, n=60)
+    jitter = [1.01, 0.99, 1.0, 1.02, 0.98, 1.01, 0.99, 1.0, 1.02, 0.98]
+    same = constant_metric([v * j for v, j in zip(BUSY_HALFWAY, jitter, strict=True)], n=60)
+    verdict = judge_paired(ROUTE, "p50", parse_spec("p50:10%,+2sd"), reference, same)
+    assert verdict.verdict is Verdict.PASS, verdict.line()
+    assert "non-inferiority" in verdict.reason
+
+
+def test_paired_windows_too_few_to_decide() -> None:
+    reference = constant_metric(BUSY_HALFWAY[:5], n=60)
+    slowed = constant_metric([v * 1.5 for v in BUSY_HALFWAY[:5]], n=60)
+    verdict = judge_paired(ROUTE, "p50", parse_spec("p50:10%"), reference, slowed)
+    assert verdict.verdict is Verdict.INCONCLUSIVE, verdict.line()
+    assert "5 paired windows" in verdict.reason
+
+
+def test_paired_windows_noisy_difference_is_inconclusive() -> None:
+    """When the difference itself scatters by more than the allowance: no PASS, no FAIL."""
+    reference = constant_metric([2.0] * 10, n=60)
+    noisy = constant_metric([2.0, 3.0, 1.2, 2.9, 1.1, 2.2, 3.1, 1.0, 2.8, 1.3], n=60)
+    verdict = judge_paired(ROUTE, "p50", parse_spec("p50:10%"), reference, noisy)
+    assert verdict.verdict is Verdict.INCONCLUSIVE, verdict.line()
+
+
+def test_paired_windows_see_an_added_half_millisecond_that_unpaired_passes() -> None:
+    """A cohort fault adds 0.5 ms (+25% quiet, +14% busy): paired FAIL; unpaired, the busy
+    half's scatter made it a PASS (the judge the rollout had before)."""
+    reference = constant_metric(BUSY_HALFWAY, n=60)
+    slowed = constant_metric([v + 0.5 for v in BUSY_HALFWAY], n=60)
+    spec = parse_spec("p50:10%,+2sd")
+    assert judge_metric(ROUTE, "p50", spec, reference, slowed).verdict is Verdict.PASS
+    paired = judge_paired(ROUTE, "p50", spec, reference, slowed)
+    assert paired.verdict is Verdict.FAIL, paired.line()
+
+
+def test_paired_windows_fail_a_cohort_whose_change_the_busy_windows_dilute() -> None:
+    """+25% in the quiet windows, +10% in the busy ones (pooled ~+17%): FAIL. With one window's
+    spread as the noise (not the standard error of the mean difference) the floor was wide
+    enough to PASS it."""
+    reference = constant_metric(BUSY_HALFWAY, n=60)
+    slowed = constant_metric([v * (1.25 if v < 3 else 1.10) for v in BUSY_HALFWAY], n=60)
+    verdict = judge_paired(ROUTE, "p50", parse_spec("p50:10%,+2sd"), reference, slowed)
+    assert verdict.verdict is Verdict.FAIL, verdict.line()

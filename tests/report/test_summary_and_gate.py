@@ -241,7 +241,7 @@ def test_gate_missing_summary_is_one_line_exit_12(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--max-age", "soon"), "--max-age: expected a duration > 0 with a unit"),
+        (("--max-age", "soon"), "--max-age: expected a duration such as 90s"),
         (("--target", "staging"), "--target: expected an http(s) URL"),
         (("--require", "nose"), "invalid choice: 'nose'"),
         (("--bogus",), "unrecognized arguments: --bogus"),

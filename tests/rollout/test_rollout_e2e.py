@@ -7,7 +7,9 @@
 - request handler +30%: a cohort fault adds 30% of `GET /api/jobs`'s p50 for the users inside
   `new_request_handler`'s cohort only; the judge catches it at that component's first step, rolls
   back only `request_handler` (flag off, 0%), the other five still reach 100%, and the report names
-  the request handler with the inside/outside figures.
+  the request handler with the inside/outside figures. Its judge traffic is first recorded as a
+  stored baseline (`--record-baseline`) that every step also compares both cohorts with (the
+  healthy one's too, which its resumed conductor finds in the journal).
 """
 
 from __future__ import annotations
@@ -141,12 +143,17 @@ def rollouts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Rol
         faulty = made["faulty"]
         _slow_request_handler_by_30_percent(faulty.target)
         healthy = made["healthy"]
-        healthy.start()
-        faulty.start()
+        for rollout in made.values():  # flags at 0: nobody inside the fault; both at once
+            rollout.start("--record-baseline", str(rollout.folder / "stored.json"))
+        for rollout in made.values():
+            rollout.wait(timeout=120)
+        for rollout in made.values():
+            rollout.start("--baseline", str(rollout.folder / "stored.json"))
         time.sleep(random.uniform(15.0, 45.0))
-        os.killpg(healthy.procs[0].pid, signal.SIGKILL)  # kill -9 the conductor mid-step
-        healthy.outputs.append(healthy.procs[0].communicate()[0])
-        healthy.start("resume")
+        conductor = healthy.procs[-1]
+        os.killpg(conductor.pid, signal.SIGKILL)  # kill -9 the conductor mid-step
+        healthy.outputs.append(conductor.communicate()[0])
+        healthy.start("resume")  # without --baseline: the journal names it
         for rollout in made.values():
             rollout.wait(timeout=360)
         yield made
@@ -177,6 +184,10 @@ def test_default_plan_reaches_100_percent_after_a_kill_and_resume(
     assert all(flags["flags"].values()), flags
     page = (rollout.folder / "reports" / "rollout.html").read_text()
     assert 'alt="rollout timeline" src="data:image/png;base64,' in page
+    # the stored baseline given at the start is still compared with after the resume
+    judged = [s for s in report["steps"] if s["verdict"]]
+    assert len(judged) == 15
+    assert all(set(s["stored_baseline"]) == {"inside", "outside"} for s in judged), judged
 
 
 def test_request_handler_regression_is_caught_and_only_it_is_rolled_back(
@@ -204,6 +215,14 @@ def test_request_handler_regression_is_caught_and_only_it_is_rolled_back(
     page = (rollout.folder / "reports" / "rollout.html").read_text()
     assert "request_handler" in page
     assert "FAIL p50 cohort GET /api/jobs" in page
+    # --record-baseline, then --baseline: every judged step also compares both cohorts with it
+    assert rollout.procs[0].returncode == 0, rollout.outputs[0]
+    assert "Traceback" not in rollout.outputs[0]
+    assert "recorded; use it with --baseline" in rollout.outputs[0]
+    judged = [s for s in report["steps"] if s["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")]
+    assert judged
+    assert all(set(s["stored_baseline"]) == {"inside", "outside"} for s in judged), judged
+    assert "stored baseline 'rollout': inside " in out
 
 
 def test_checklist_items_and_the_gate(rollouts: dict[str, Rollout]) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from watch_support import free_port
 
-from etlverify.watch.engine import format_duration, parse_duration
+from etlverify.durations import format_duration, parse_duration
 from etlverify.watch.state import StateError, WatchState
 
 if TYPE_CHECKING:

@@ -43,7 +43,9 @@ as exchangeable, which is why the noise floor below is also required.
    size, however noisy either side is, so a clear improvement is never INCONCLUSIVE.
 6. Noise floor: otherwise, if the window-to-window standard deviation of either side is wider than
    the allowed change, a change of the tolerated size could not have been seen, so no PASS:
-   INCONCLUSIVE.
+   INCONCLUSIVE. "Standard deviation" here and in the `sd` floors is a robust one (1.4826 x the
+   median absolute deviation of the window values), so that one stalled window neither makes a
+   baseline useless nor widens a floor.
 7. Otherwise PASS (within tolerance, improved, or significant but within tolerance).
 
 Results are collected for all metrics first and judged once (`Comparison.verdict` is the worst).
@@ -65,12 +67,27 @@ from scipy import stats as sps
 from etlverify.baseline.spec import ToleranceSpec, parse_specs, resolve_spec
 from etlverify.baseline.store import Baseline, Fingerprint, Mismatch, compare_fingerprints
 from etlverify.baseline.triggers import TriggerConfig, TriggerResult, evaluate_triggers
-from etlverify.measure.results import MetricResult, RunResult, is_latency_stat, stat_value
+from etlverify.measure.results import (
+    LoadParameters,
+    MetricResult,
+    RunResult,
+    is_latency_stat,
+    stat_value,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["Comparison", "MetricVerdict", "Verdict", "compare", "judge_metric", "min_p_value"]
+__all__ = [
+    "Comparison",
+    "MetricVerdict",
+    "Verdict",
+    "compare",
+    "compare_metrics",
+    "judge_metric",
+    "judge_paired",
+    "min_p_value",
+]
 
 DEFAULT_ALPHA = 0.05
 #: A window must hold this many samples beyond a percentile for that percentile to mean something.
@@ -288,7 +305,15 @@ def _unit(stat: str) -> str:
 
 
 def _spread(values: Sequence[float]) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    """Window-to-window scatter: a robust standard deviation (the median absolute deviation,
+    scaled to equal the sd for normal data). One stalled window (the host paused for a second)
+    must neither make a whole baseline "too noisy" for every later run nor widen a `+2sd` floor
+    to seconds, which would let any regression through: a plain sd did both (a CI run recorded a
+    baseline with one 1.3 s window among ten of 6 ms: sd 390 ms). Stalls are judged where they
+    belong, by the median-window rule (3)."""
+    if len(values) < 2:
+        return 0.0
+    return float(sps.median_abs_deviation(values, scale="normal"))
 
 
 def judge_metric(
@@ -425,6 +450,152 @@ def judge_metric(
     return verdict(Verdict.PASS, reason, p)
 
 
+PAIRED_TEST_NAME = "Wilcoxon signed-rank"
+
+
+def _signed_rank(diffs: Sequence[float], alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p of per-window differences (exact for small n; 1.0 when all are 0)."""
+    if not any(diffs):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sps.wilcoxon(diffs, alternative=alternative, zero_method="zsplit")
+    p = float(res.pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def judge_paired(
+    metric: str,
+    stat: str,
+    spec: ToleranceSpec,
+    reference: MetricResult,
+    current: MetricResult | None,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_tail: int = DEFAULT_MIN_TAIL,
+) -> MetricVerdict:
+    """The rules of `judge_metric` for two sides measured in the same windows (a live control
+    group, as a rollout's cohorts are): windows are paired by index, and what moves both sides
+    of a window alike (a busy host, a burst of other traffic) cancels in their difference.
+
+    So the significance test is Wilcoxon's signed-rank over the per-window worsenings (current
+    against reference, signed so that positive is worse, relative to the window's reference
+    value and expressed at the pooled one, error rates in percentage points), and every noise
+    figure - the `sd` floor, the busy-host rule, the noise rule - is the standard error of their
+    mean (robust spread / sqrt(n)), not one side's window-to-window spread. n paired windows
+    reach at best p = 2 / 2^n (6: 0.031; 10: 0.002). The non-inferiority rule is the textbook
+    one: the worsenings less the allowed change are significantly below zero, i.e. a worsening
+    of the allowed size is ruled out.
+    """
+    tol = spec.describe()
+    if current is None:
+        return MetricVerdict(
+            metric, stat, Verdict.FAIL, "metric missing from the run (fail closed)", tolerance=tol
+        )
+    ref_by = {w.index: w for w in reference.windows}
+    pairs = [(ref_by[w.index], w) for w in current.windows if w.index in ref_by]
+    b = stat_value(reference.merged, stat)
+    c = stat_value(current.merged, stat)
+    common: dict[str, Any] = {
+        "tolerance": tol,
+        "baseline_windows": len(reference.windows),
+        "current_windows": len(current.windows),
+    }
+    if b is None or c is None or (is_latency_stat(stat) and current.count == 0):
+        side = "reference" if b is None else "current"
+        return MetricVerdict(
+            metric,
+            stat,
+            Verdict.FAIL if b is not None else Verdict.INCONCLUSIVE,
+            f"no {stat} value on the {side} side (no successful sample), fail closed",
+            baseline=b,
+            current=c,
+            **common,
+        )
+    change_pct = round(100.0 * (c - b) / b, 3) if b != 0 else None
+    numbers: dict[str, Any] = {"baseline": b, "current": c, "change_pct": change_pct, **common}
+
+    def verdict(v: Verdict, reason: str, p: float | None = None) -> MetricVerdict:
+        test = PAIRED_TEST_NAME if p is not None else None
+        return MetricVerdict(metric, stat, v, reason, p_value=p, test=test, **numbers)
+
+    need = _tail_needed(stat, min_tail)
+    worse: list[float] = []
+    for r, cur in pairs:
+        rv, cv = stat_value(r, stat), stat_value(cur, stat)
+        if rv is None or cv is None:
+            continue
+        if need is not None and min(r.count, cur.count) < need:
+            continue
+        step = spec.worsening(rv, cv)
+        # Relative to the window's own reference value, at the pooled one: a slower host scales
+        # a change (a 25% slower component costs more in a busy window) as it scales the level.
+        worse.append(step / rv * b if stat != "error_rate" and rv > 0 else step)
+    n = len(worse)
+    if n < 1 or 2.0 / 2**n >= alpha:
+        return verdict(
+            Verdict.INCONCLUSIVE,
+            f"{n} paired windows (with {need or 1}+ samples on both sides) cannot reach "
+            f"p<{alpha:g} (smallest possible p={min(1.0, 2.0 / 2**n):.2g}); hold longer",
+        )
+    # The noise of a paired comparison is how well the mean per-window difference is known:
+    # the windows' robust spread over sqrt(n), the standard error. (One window's spread is what
+    # an unpaired comparison must allow for, because whole runs move; paired, they cancel, and
+    # a floor of twice one window's spread let a +17% cohort on a busy host PASS.)
+    noise = _spread(worse) / math.sqrt(n)
+    if spec.noise_floor:
+        numbers["tolerance"] = f"{tol} (floor {spec.floor(noise) or 0.0:.3g} {_unit(stat)})"
+    allowed = spec.allowed_change(b, noise)
+    p = round(_signed_rank(worse), 6)
+    significant = p < alpha
+    typical = float(np.median(worse))
+    if spec.fails(b, c, noise) and significant:
+        if typical <= allowed:
+            return verdict(
+                Verdict.INCONCLUSIVE,
+                f"beyond tolerance only through a few windows: the median window is "
+                f"{typical:+.3g} {_unit(stat)} worse, within the allowed {allowed:.3g}; re-run",
+                p,
+            )
+        if noise > allowed and typical - allowed < 2.0 * noise:
+            return verdict(
+                Verdict.INCONCLUSIVE,
+                f"beyond tolerance, but the mean per-window difference is uncertain by "
+                f"{noise:.3g} (standard error; more than the allowed change {allowed:.3g}) and "
+                f"the excess is within twice that; hold longer",
+                p,
+            )
+        return verdict(Verdict.FAIL, "significant change beyond tolerance", p)
+    if spec.fails(b, c, noise):
+        return verdict(
+            Verdict.INCONCLUSIVE,
+            f"beyond tolerance but not significant (p>={alpha:g}); hold longer",
+            p,
+        )
+    p_ni = _signed_rank([w - allowed for w in worse], alternative="less")
+    if p_ni < alpha:
+        better = "improved" if significant and typical < 0 else "within tolerance"
+        return verdict(
+            Verdict.PASS,
+            f"{better}: a worsening of the allowed {allowed:.3g} is ruled out "
+            f"(one-sided non-inferiority p={p_ni:.2g})",
+            p,
+        )
+    if noise > allowed:
+        return verdict(
+            Verdict.INCONCLUSIVE,
+            f"too noisy: the mean per-window difference has a standard error of {noise:.3g}, "
+            f"more than the allowed change {allowed:.3g}, so a change of that size could not be "
+            f"detected; hold longer",
+            p,
+        )
+    return verdict(
+        Verdict.PASS,
+        "significant change but within tolerance" if significant else "within tolerance",
+        p,
+    )
+
+
 def _not_comparable(result: MetricVerdict, why: str) -> MetricVerdict:
     """INCONCLUSIVE, keeping the numbers and saying what the verdict would have been."""
     if result.verdict is Verdict.INCONCLUSIVE:
@@ -447,6 +618,7 @@ def compare(
     environment: Fingerprint | None = None,
     triggers: TriggerConfig | None = None,
     allow_foreign: bool = False,
+    paired: bool = False,
 ) -> Comparison:
     """Compare `run` with `baseline` under `specs` (default `DEFAULT_SPECS`); judge once.
 
@@ -455,9 +627,11 @@ def compare(
     other hardware or under another target configuration (FOREIGN fingerprint differences) turns
     every metric verdict into INCONCLUSIVE naming the difference and what the verdict would have
     been: another CPU shifts every route alike, so "PASS improved" there hides a regression.
-    `allow_foreign` keeps the verdicts (and still lists the differences).
+    `allow_foreign` keeps the verdicts (and still lists the differences). `paired`: the two were
+    measured in the same windows (`judge_paired`), not one after the other.
     """
     parsed = parse_specs(specs)
+    judge_one = judge_paired if paired else judge_metric
     stats = list(dict.fromkeys(s.stat for s in parsed))
     results: list[MetricVerdict] = []
     for metric in sorted(set(baseline.metrics) | set(run.metrics)):
@@ -479,7 +653,7 @@ def compare(
                 )
                 continue
             results.append(
-                judge_metric(
+                judge_one(
                     metric,
                     stat,
                     spec,
@@ -507,3 +681,28 @@ def compare(
         alpha=alpha,
         baseline_name=baseline.name,
     )
+
+
+def compare_metrics(
+    reference: Mapping[str, MetricResult],
+    current: Mapping[str, MetricResult],
+    specs: str | Iterable[str | ToleranceSpec] | None = None,
+    *,
+    name: str = "reference",
+    model: str = "windows",
+    paired: bool = False,
+) -> Comparison:
+    """Judge `current` against `reference` measured alongside it (no stored baseline, so no
+    fingerprint): only the metrics on both sides, under the same rules as `compare`. For the
+    comparisons made within one process run: a watch's week, a rollout's cohorts."""
+    common = {k: v for k, v in current.items() if k in reference}
+    load = LoadParameters(model=model, duration_s=0.0, windows=0)
+    base = Baseline(
+        name=name,
+        environment=Fingerprint(load=load.to_json()),
+        recorded_at="",
+        runs=(),
+        metrics={k: reference[k] for k in common},
+    )
+    run = RunResult(metrics=common, load=load, started_at="", duration_s=0.0)
+    return compare(base, run, specs, paired=paired)

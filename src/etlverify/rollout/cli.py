@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from etlverify.durations import format_duration, parse_duration
 from etlverify.errors import EtlVerifyError
 from etlverify.rollout.conductor import (
     EXIT_UNREACHABLE,
@@ -24,11 +23,13 @@ from etlverify.rollout.conductor import (
     dry_run,
 )
 from etlverify.rollout.plan import PlanError, load_plan
-from etlverify.watch.engine import parse_duration
+from etlverify.target import probe, unreachable_message
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
+
+    from etlverify.rollout.plan import RolloutPlan
 
 __all__ = ["add_parser", "main_rollout"]
 
@@ -71,6 +72,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--rollback-cmd", metavar="CMD", help="default <deploy-root>/deployment/rollback.sh"
     )
+    p.add_argument("--baseline", metavar="FILE", type=Path,
+                   help="also compare both cohorts with this stored baseline at every hold "
+                   "(recorded with --record-baseline)")  # fmt: skip
+    p.add_argument("--record-baseline", metavar="FILE", type=Path,
+                   help="measure the judge's traffic for one hold (--hold, else the plan's "
+                   "first step) with the flags as they are, append it to FILE, "
+                   "and exit")  # fmt: skip
     return p
 
 
@@ -99,6 +107,17 @@ def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None)
             return 0
         base_url = (args.base_url or environ.get("ETLPLUS_BASE_URL") or "").rstrip("/")
         root = args.deploy_root or environ.get("ETLPLUS_DEPLOY_ROOT")
+        token = environ.get("ETLPLUS_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        if args.record_baseline is not None:
+            if not base_url:
+                raise PlanError("--record-baseline needs --base-url (the target to measure)")
+            return _record(base_url, headers, args.record_baseline, plan)
+        baseline = None
+        if args.baseline is not None:
+            from etlverify.baseline.store import load
+
+            baseline = load(args.baseline)
         if not base_url or not root:
             raise PlanError(
                 "--base-url and --deploy-root are needed (the flags file is changed there)"
@@ -113,21 +132,15 @@ def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None)
     except (EtlVerifyError, ValueError) as exc:
         print(f"etlverify rollout: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        httpx.get(f"{base_url}/api/health", timeout=5.0)
-    except httpx.HTTPError as exc:
-        print(
-            f"etlverify rollout: target {base_url} is unreachable: {type(exc).__name__}: {exc} "
-            f"(curl -sS -m 5 {base_url}/api/health)",
-            file=sys.stderr,
-        )
+    problem = probe(base_url, 5.0)
+    if problem:
+        print(unreachable_message(base_url, problem, "etlverify rollout"), file=sys.stderr)
         return EXIT_UNREACHABLE
     from etlverify.deployment import OpsRunner
     from etlverify.rollout.cohort import CohortJudge
 
     rollback_cmd = args.rollback_cmd or str(deploy_root / "deployment" / "rollback.sh")
-    token = environ.get("ETLPLUS_TOKEN")
-    judge = CohortJudge(base_url, headers={"Authorization": f"Bearer {token}"} if token else None)
+    judge = CohortJudge(base_url, headers=headers)
     conductor = Conductor(
         plan=plan,
         base_url=base_url,
@@ -137,6 +150,8 @@ def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None)
         judge_=judge,
         ops=OpsRunner(None, (rollback_cmd,), cwd=deploy_root),
         notifier=notifier,
+        baseline=baseline,
+        baseline_path=args.baseline,
         run_checks=not args.no_checks,
         out=lambda line: print(line, flush=True),
     )
@@ -160,3 +175,38 @@ def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None)
         print(f"  {line}")
     print(f"  evidence: {args.reports / 'rollout.json'}, {args.reports / 'rollout.html'}")
     return outcome.exit_code
+
+
+def _record(base_url: str, headers: Mapping[str, str] | None, path: Path, plan: RolloutPlan) -> int:
+    """`--record-baseline FILE`: one hold of the judge's traffic, appended to FILE."""
+    problem = probe(base_url, 5.0)
+    if problem:
+        print(unreachable_message(base_url, problem, "etlverify rollout"), file=sys.stderr)
+        return EXIT_UNREACHABLE
+    from etlverify.rollout.cohort import CohortJudge
+
+    judge = CohortJudge(base_url, headers=headers)
+    hold = plan.steps[0].hold_s if plan.steps else 10 * plan.window_s
+    print(
+        f"etlverify rollout: recording the judge's traffic into {path}: "
+        f"{format_duration(hold)} at {plan.rate_rps:g} requests/s, windows of "
+        f"{format_duration(plan.window_s)}",
+        flush=True,
+    )
+    try:
+        stored = judge.record_baseline(path, hold, plan.window_s, plan.rate_rps)
+    except EtlVerifyError as exc:
+        print(f"etlverify rollout: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        judge.close()
+    for name, metric in stored.metrics.items():
+        p50 = metric.merged.p50_ms
+        print(
+            f"  {name}: p50 {p50:.3g} ms over {len(metric.windows)} windows "
+            f"({len(stored.runs)} run(s) recorded)"
+            if p50 is not None
+            else f"  {name}: no successful sample"
+        )
+    print(f"etlverify rollout: baseline {path} recorded; use it with --baseline {path}")
+    return 0

@@ -5,36 +5,58 @@ rollout step both versions of a component run in the same process at the same mo
 bucket is below the percentage get the new component, the others the old one. The judge picks user
 ids on both sides (`etlverify.contract.fnv1a_bucket`), sends the same requests as each in turn, in
 the same windows, and compares the inside cohort with the outside cohort with the gate's own rules
-(`etlverify.baseline.compare`: tolerance, Mann-Whitney over the windows, noise floor, fail
-closed). No busy host, time of day or stale baseline can bias that comparison: both sides share
-all of them.
+(`etlverify.baseline.compare`: tolerance, significance over the windows, noise floor, fail
+closed), in their paired form (`judge_paired`): each window's inside value against the outside
+value of the same window, Wilcoxon signed-rank over those differences, and the noise being how
+much the difference (not the level) moves from window to window. No busy host, time of day or
+stale baseline can bias that comparison: both sides share all of them, window by window.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from etlverify.baseline.compare import Comparison, Verdict, compare
-from etlverify.baseline.store import Baseline, Fingerprint
+from etlverify.baseline.compare import Comparison, Verdict, compare, compare_metrics
+from etlverify.baseline.store import Baseline, BaselineError, Fingerprint, record
 from etlverify.contract import fnv1a_bucket
+from etlverify.durations import utc
 from etlverify.measure.histogram import LatencyHistogram
 from etlverify.measure.results import LoadParameters, MetricResult, RunResult, WindowStats
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["COHORT_SPECS", "CohortJudge", "CohortResult", "cohorts", "judge", "pick_users"]
+__all__ = [
+    "COHORT_SPECS",
+    "CohortJudge",
+    "CohortResult",
+    "against_stored",
+    "cohorts",
+    "judge",
+    "judge_load",
+    "pick_users",
+]
 
 #: the checklist's 10% with the windows' own noise as the floor; errors by one percentage point
 COHORT_SPECS = "p50:10%,+2sd; error_rate:+1pp"
 #: what the judge sends as each user (read-only routes every component takes part in)
 ROUTES = ("/api/jobs?limit=20",)
-MIN_WINDOWS = 5
+#: paired windows: 6 is the fewest whose signed-rank test can reach p < 0.05 (2 / 2^6 = 0.031)
+MIN_WINDOWS = 6
+
+
+def judge_load(window_s: float, rate_rps: float) -> LoadParameters:
+    """The judge's traffic as a baseline's load fingerprint. `duration_s` is the window: holds
+    differ from step to step, but what one window measures does not."""
+    return LoadParameters(
+        model="cohort", duration_s=window_s, windows=0, rate_rps=rate_rps, routes=ROUTES
+    )
 
 
 def pick_users(
@@ -101,6 +123,22 @@ class CohortResult:
     inside: dict[str, MetricResult]
     outside: dict[str, MetricResult]
     compared_with: str
+    #: each side against the stored baseline, when one was given ("inside", "outside")
+    stored: dict[str, Comparison] = field(default_factory=dict)
+
+    def stored_line(self) -> str | None:
+        """`stored baseline 'perf': inside FAIL (p50 +31%), outside PASS`, or None."""
+        if not self.stored:
+            return None
+        parts = []
+        for side, cmp in self.stored.items():
+            worst = cmp.failures() or [r for r in cmp.results if r.verdict is Verdict.INCONCLUSIVE]
+            detail = ""
+            if worst and worst[0].change_pct is not None:
+                detail = f" ({worst[0].stat} {worst[0].change_pct:+.1f}%)"
+            parts.append(f"{side} {cmp.verdict.value}{detail}")
+        name = next(iter(self.stored.values())).baseline_name
+        return f"stored baseline '{name}': " + ", ".join(parts)
 
     def figures(self) -> list[str]:
         """One line per metric verdict."""
@@ -118,18 +156,11 @@ class CohortResult:
             "metrics": [r.to_json() for r in self.comparison.results] if self.comparison else [],
             "inside": {k: v.to_json() for k, v in self.inside.items()},
             "outside": {k: v.to_json() for k, v in self.outside.items()},
+            "stored_baseline": {
+                side: {"verdict": cmp.verdict.value, "figures": [r.line() for r in cmp.results]}
+                for side, cmp in self.stored.items()
+            },
         }
-
-
-def _as_baseline(metrics: Mapping[str, MetricResult], name: str) -> Baseline:
-    load = LoadParameters(model="cohort", duration_s=0.0, windows=0)
-    return Baseline(
-        name=name,
-        environment=Fingerprint(load=load.to_json()),
-        recorded_at="",
-        runs=(),
-        metrics=dict(metrics),
-    )
 
 
 def judge(
@@ -150,9 +181,9 @@ def judge(
             dict(outside or {}),
             compared_with,
         )
-    load = LoadParameters(model="cohort", duration_s=0.0, windows=0)
-    run = RunResult(metrics=common, load=load, started_at="", duration_s=0.0)
-    comparison = compare(_as_baseline(reference, compared_with), run, COHORT_SPECS)
+    comparison = compare_metrics(
+        reference, common, COHORT_SPECS, name=compared_with, model="cohort", paired=True
+    )
     fails = comparison.failures()
     unsure = [r for r in comparison.results if r.verdict is Verdict.INCONCLUSIVE]
     if fails:
@@ -164,6 +195,24 @@ def judge(
     return CohortResult(
         verdict, reason, comparison, dict(inside), dict(outside or {}), compared_with
     )
+
+
+def against_stored(
+    baseline: Baseline,
+    sides: Mapping[str, Mapping[str, MetricResult]],
+    load: LoadParameters,
+    environment: Fingerprint | None = None,
+) -> dict[str, Comparison]:
+    """Each side's windows against a stored baseline (the same rules and specs as the cohort
+    comparison; the baseline's windows give the noise floor). It sees what the control cannot:
+    both sides slower than before. It cannot say which component: that is the cohort's job."""
+    out: dict[str, Comparison] = {}
+    for side, metrics in sides.items():
+        if not metrics:
+            continue
+        run = RunResult(metrics=dict(metrics), load=load, started_at="", duration_s=0.0)
+        out[side] = compare(baseline, run, COHORT_SPECS, environment=environment)
+    return out
 
 
 class CohortJudge:
@@ -186,6 +235,40 @@ class CohortJudge:
     def close(self) -> None:
         """Close the HTTP client."""
         self.client.close()
+
+    def fingerprint(self, load: LoadParameters) -> Fingerprint:
+        """This host and the target (`/api/health/status`, `/api/flags`) as a baseline sees them."""
+        bodies: dict[str, dict[str, Any]] = {}
+        for key, route in (("status", "/api/health/status"), ("flags", "/api/flags")):
+            try:
+                body = self.client.get(route).json()
+            except (httpx.HTTPError, ValueError):
+                body = None
+            bodies[key] = body if isinstance(body, dict) else {}
+        return Fingerprint.collect(load=load, status=bodies["status"], flags=bodies["flags"])
+
+    def record_baseline(
+        self, path: str | os.PathLike[str], hold_s: float, window_s: float, rate_rps: float
+    ) -> Baseline:
+        """Measure the judge's traffic for `hold_s` as every user alike (whatever the flags are
+        now, typically before the rollout) and append it to the baseline at `path`."""
+        load = judge_load(window_s, rate_rps)
+        metrics, _, limited = self.measure((0.0, 100.0), (100.0, 100.0), hold_s, window_s, rate_rps)
+        if limited:
+            raise BaselineError(
+                f"{path}: not recorded: the target answered 429 to {limited} of the judge's "
+                "requests (exempt the judge or lower --rate)"
+            )
+        errors = sum(m.errors for m in metrics.values())
+        if not metrics or errors:
+            raise BaselineError(
+                f"{path}: not recorded: {errors} of the judge's requests failed; a baseline is "
+                "recorded from a healthy target"
+            )
+        run = RunResult(
+            metrics=metrics, load=load, started_at=utc(time.time()), duration_s=float(hold_s)
+        )
+        return record(path, run, environment=self.fingerprint(load), name="rollout")
 
     def measure(
         self,

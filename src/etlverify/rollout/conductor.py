@@ -18,20 +18,28 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from etlverify.deployment import deep_merge
+from etlverify.durations import format_duration, utc
 from etlverify.errors import CheckFailed, EtlVerifyError, TargetError
-from etlverify.rollout.cohort import CohortJudge, CohortResult, cohorts, judge
-from etlverify.watch.engine import format_duration, utc
+from etlverify.rollout.cohort import (
+    CohortJudge,
+    CohortResult,
+    against_stored,
+    cohorts,
+    judge,
+    judge_load,
+)
 from etlverify.watch.state import append_line, read_lines, truncate_partial
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
+    from etlverify.baseline.store import Baseline
     from etlverify.deployment import OpsRunner
     from etlverify.rollout.plan import RolloutPlan, Step
     from etlverify.watch.notify import Notifier
@@ -72,8 +80,12 @@ class Conductor:
         run_checks: bool = True,
         out: Callable[[str], None] = print,
         reload_timeout_s: float = 30.0,
+        baseline: Baseline | None = None,
+        baseline_path: Path | None = None,
     ) -> None:
         self.plan = plan
+        self.baseline = baseline
+        self.baseline_path = baseline_path
         self.base_url = base_url.rstrip("/")
         self.deploy_root = deploy_root
         self.state_dir = state_dir
@@ -137,6 +149,18 @@ class Conductor:
             self.plan = RolloutPlan.from_json(first["plan"])
             self.rollout_id = str(first.get("rollout_id", self.rollout_id))
             self.journal = existing
+            if self.baseline is None and first.get("baseline"):
+                # the stored baseline the rollout started with goes on being compared with
+                from etlverify.baseline.store import load
+
+                self.baseline_path = Path(first["baseline"])
+                try:
+                    self.baseline = load(self.baseline_path)
+                except EtlVerifyError as exc:
+                    raise RolloutError(
+                        f"the rollout was started with --baseline {self.baseline_path}, which "
+                        f"cannot be read now ({exc}); give --baseline again"
+                    ) from None
             self.log("resumed", pid=os.getpid())
             return
         self.log(
@@ -145,6 +169,7 @@ class Conductor:
             target_url=self.base_url,
             plan=self.plan.to_json(),
             pid=os.getpid(),
+            baseline=str(self.baseline_path.resolve()) if self.baseline_path else None,
         )
 
     # -- flags ---------------------------------------------------------------------------------
@@ -170,22 +195,32 @@ class Conductor:
         tmp = path.with_name(f".{path.name}.rollout")
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+        reached, seen = self.wait_for_flag(flag, percent)
+        if reached:
+            return
+        raise RolloutError(
+            f"the target did not report {flag} at {percent}% within {self.reload_timeout_s:g} s "
+            f"of writing {path} (it reports {seen})"
+        )
+
+    def wait_for_flag(self, flag: str, percent: int) -> tuple[bool, Any]:
+        """Poll `/api/flags` until the target reports `flag` at `percent` (off at 0), at most the
+        reload timeout; (reached, what it reported last). An error answer is polled again."""
+        want = (percent > 0, percent)
         deadline = time.monotonic() + self.reload_timeout_s
         seen: Any = None
-        while time.monotonic() < deadline:
+        while True:
             with contextlib.suppress(httpx.HTTPError, ValueError, RolloutError):
                 body = self.flags()
                 seen = (
                     body.get("flags", {}).get(flag),
                     body.get("rollout_percentages", {}).get(flag),
                 )
-                if seen == (percent > 0, percent):
-                    return
+                if seen == want:
+                    return True, seen
+            if time.monotonic() >= deadline:
+                return False, seen
             time.sleep(0.2)
-        raise RolloutError(
-            f"the target did not report {flag} at {percent}% within {self.reload_timeout_s:g} s "
-            f"of writing {path} (it reports {seen})"
-        )
 
     def current_percent(self, flag: str) -> float:
         """The flag's percentage as the target reports it now (0 when off or unknown)."""
@@ -256,7 +291,16 @@ class Conductor:
                 outside,
                 "rate limited",
             )
-        return judge(inside, outside, compared_with=control, outside=outside)
+        result = judge(inside, outside, compared_with=control, outside=outside)
+        if self.baseline is not None:
+            load = judge_load(self.plan.window_s, self.plan.rate_rps)
+            result.stored = against_stored(
+                self.baseline,
+                {"inside": inside, "outside": outside},
+                load,
+                self.judge.fingerprint(load),
+            )
+        return result
 
     def _rollback(self, index: int, step: Step, why: str) -> None:
         self.log("rollback-started", step=index, component=step.component, reason=why)
@@ -276,19 +320,7 @@ class Conductor:
             code, output = proc.returncode, (proc.stdout + proc.stderr).strip()[-400:]
         except (TargetError, CheckFailed) as exc:
             code, output = None, str(exc).splitlines()[0]
-        flag_state: Any = None
-        with contextlib.suppress(httpx.HTTPError, ValueError, RolloutError):
-            deadline = time.monotonic() + self.reload_timeout_s
-            while time.monotonic() < deadline:
-                body = self.flags()
-                flag_state = (
-                    body.get("flags", {}).get(step.flag),
-                    body.get("rollout_percentages", {}).get(step.flag),
-                )
-                if flag_state in ((False, 0), (False, 0.0)):
-                    break
-                time.sleep(0.2)
-        off = flag_state in ((False, 0), (False, 0.0))
+        off, flag_state = self.wait_for_flag(step.flag, 0)
         healthy = False
         with contextlib.suppress(httpx.HTTPError):
             healthy = httpx.get(f"{self.base_url}/api/health", timeout=5.0).status_code == 200
@@ -377,6 +409,8 @@ class Conductor:
                 verdict=result.verdict, reason=result.reason, result=result.to_json(),
             )  # fmt: skip
             self.out(f"rollout: step {index + 1} {result.verdict}: {result.reason[:300]}")
+            if result.stored_line():
+                self.out(f"rollout: step {index + 1} {result.stored_line()}")
             if self.stop_reason is not None:
                 outcome = RolloutOutcome("INCOMPLETE", EXIT_INCOMPLETE, [self.stop_reason])
                 break
@@ -442,6 +476,7 @@ class Conductor:
                 f"problematic component: {r['component']} (rolled back at step {r['step'] + 1}: "
                 f"{why[:300]})"
             )
+        lines += self._stored_lines()
         reached = [c for c in final if c not in back]
         lines.append(
             "reached the plan's final percentage: "
@@ -451,6 +486,25 @@ class Conductor:
         if back:
             return RolloutOutcome("FAIL", EXIT_FAIL, lines)
         return RolloutOutcome("PASS", EXIT_PASS, lines)
+
+    def _stored_lines(self) -> list[str]:
+        """Steps where a side was worse than the stored baseline. Facts for a person, not a
+        rollback: the cohorts decide which component is to blame; the stored baseline sees a
+        common cause (the host, the data, every component) that moves both sides alike."""
+        lines = []
+        for v in self._of("verdict"):
+            stored = (v.get("result") or {}).get("stored_baseline") or {}
+            worse = [side for side, c in stored.items() if c.get("verdict") == "FAIL"]
+            if not worse:
+                continue
+            both = len(worse) == 2
+            lines.append(
+                f"step {int(v['step']) + 1} ({v.get('component')}): "
+                f"{' and '.join(worse)} worse than the stored baseline"
+                + (": both cohorts alike, so not this component (the host or a common cause)"
+                   if both else "")
+            )  # fmt: skip
+        return lines
 
 
 def dry_run(plan: RolloutPlan) -> list[str]:

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from etlverify.contract import FLAG_BY_COMPONENT
+from etlverify.durations import format_duration, parse_duration
 from etlverify.errors import EtlVerifyError
-from etlverify.watch.engine import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from etlverify import __version__
+from etlverify.durations import utc
 from etlverify.report.summary import run_identity
-from etlverify.watch.engine import utc
 from etlverify.watch.state import write_atomic
 
 if TYPE_CHECKING:
@@ -198,6 +198,10 @@ def _steps(conductor: Conductor) -> list[dict[str, Any]]:
                 "reason": v.get("reason"),
                 "figures": (v.get("result") or {}).get("figures", []),
                 "compared_with": (v.get("result") or {}).get("compared_with"),
+                "stored_baseline": {
+                    side: c.get("verdict")
+                    for side, c in ((v.get("result") or {}).get("stored_baseline") or {}).items()
+                },
                 "action": done[-1]["action"] if done else None,
             }
         )
@@ -226,7 +230,8 @@ def write_reports(conductor: Conductor, outcome: RolloutOutcome) -> None:
         "exit_code": outcome.exit_code,
         "reason": "; ".join(outcome.lines) if outcome.verdict == "INCOMPLETE" else None,
         "incomplete": outcome.lines if outcome.verdict == "INCOMPLETE" else [],
-        "baseline": "the outside cohort of each step (same process, same moments)",
+        "baseline": "the outside cohort of each step (same process, same moments)"
+        + (f"; both cohorts also against {conductor.baseline.name}" if conductor.baseline else ""),
         "fingerprint": {},
         "metrics": [],
         "triggers": triggers,
@@ -249,7 +254,9 @@ def write_reports(conductor: Conductor, outcome: RolloutOutcome) -> None:
         f"<tr><td>{s['step']}</td><td>{html.escape(s['component'])}</td><td>{s['percent']}%</td>"
         f"<td>{s['verdict'] or ''}</td><td>{s['action'] or ''}</td>"
         f"<td><pre>{html.escape(chr(10).join(s['figures'][:8]))}</pre>"
-        f"{html.escape(str(s['compared_with'] or ''))}</td></tr>"
+        f"{html.escape(str(s['compared_with'] or ''))}</td>"
+        f"<td>{html.escape(', '.join(f'{k} {v}' for k, v in s['stored_baseline'].items()))}</td>"
+        "</tr>"
         for s in steps
     )
     img = f'<img alt="rollout timeline" src="data:image/png;base64,{png}">' if png else ""
@@ -265,7 +272,7 @@ vertical-align:top}}table{{border-collapse:collapse}}pre{{margin:0;font-size:11p
 {conductor.rollout_id}</p><ul>{lines}</ul>{img}
 <h2>Steps (inside cohort vs the outside cohort)</h2>
 <table><tr><th>#</th><th>component</th><th>to</th><th>verdict</th><th>action</th>
-<th>inside vs outside</th></tr>{rows}</table>
+<th>inside vs outside</th><th>vs stored baseline</th></tr>{rows}</table>
 <h2>Journal</h2><pre>{html.escape(json.dumps(conductor.journal, indent=1)[:200000])}</pre>
 </body></html>
 """

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from etlverify.contract import FLAG_BY_COMPONENT
+from etlverify.durations import format_duration, parse_duration
 from etlverify.errors import EtlVerifyError
 from etlverify.measure.results import MetricResult, WindowStats
+from etlverify.target import probe, unreachable_message
 from etlverify.watch.engine import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     WatchPlan,
     WatchRunner,
-    format_duration,
     install_signals,
-    parse_duration,
 )
 from etlverify.watch.probe import LogScanner, Prober
 from etlverify.watch.state import StateError, WatchState
@@ -264,17 +264,6 @@ def _fingerprint(base_url: str, timeout: float, headers: Mapping[str, str]) -> d
     return out
 
 
-def _reachable(base_url: str, timeout: float, headers: Mapping[str, str]) -> str | None:
-    try:
-        httpx.get(f"{base_url}/api/health", timeout=timeout, headers=headers)
-    except httpx.HTTPError as exc:
-        return (
-            f"etlverify watch: target {base_url} is unreachable: {type(exc).__name__}: {exc} "
-            f"(curl -sS -m {timeout:g} {base_url}/api/health)"
-        )
-    return None
-
-
 def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     """Run `etlverify watch`; the exit code."""
     environ = os.environ if env is None else env
@@ -331,9 +320,9 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
                     )
                     resuming = False
         if not resuming:
-            problem = _reachable(base_url, plan.request_timeout_s, headers)
+            problem = probe(base_url, plan.request_timeout_s)
             if problem:
-                print(problem, file=sys.stderr)
+                print(unreachable_message(base_url, problem, "etlverify watch"), file=sys.stderr)
                 return EXIT_UNREACHABLE
         rollback_cmd = (
             (args.rollback_cmd,)

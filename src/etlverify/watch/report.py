@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from etlverify import __version__
-from etlverify.baseline.compare import Verdict, compare
-from etlverify.baseline.store import Baseline, Fingerprint
-from etlverify.measure.results import LoadParameters, RunResult
+from etlverify.baseline.compare import Verdict, compare_metrics
+from etlverify.durations import format_duration, utc
 from etlverify.report.summary import run_identity
 from etlverify.watch.engine import (
     EXIT_FAIL,
@@ -36,8 +35,6 @@ from etlverify.watch.engine import (
     EXIT_PASS,
     WatchOutcome,
     _metric_results,
-    format_duration,
-    utc,
 )
 from etlverify.watch.probe import HEALTH_METRIC
 from etlverify.watch.state import write_atomic
@@ -87,19 +84,10 @@ def _one_week(
     baseline: Mapping[str, MetricResult], judged: Mapping[str, MetricResult]
 ) -> list[MetricVerdict]:
     """The judged windows against the baseline (error rate and p50 of each watch metric)."""
-    common = {k: v for k, v in judged.items() if k in baseline}
-    if not common:
-        return []
-    load = LoadParameters(model="watch", duration_s=0.0, windows=0)
-    base = Baseline(
-        name="watch baseline",
-        environment=Fingerprint(load=load.to_json()),
-        recorded_at="",
-        runs=(),
-        metrics={k: baseline[k] for k in common},
+    comparison = compare_metrics(
+        baseline, judged, WATCH_SPECS, name="watch baseline", model="watch"
     )
-    run = RunResult(metrics=common, load=load, started_at="", duration_s=0.0)
-    return list(compare(base, run, WATCH_SPECS).results)
+    return list(comparison.results)
 
 
 def _delivered(runner: WatchRunner, kind: str) -> tuple[int, int]:

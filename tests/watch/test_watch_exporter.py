@@ -388,7 +388,13 @@ def test_real_prometheus_scrapes_the_exporter(tmp_path: Path, exporter: WatchExp
             ("prom-1", expected)
         ]
 
+    def ready() -> bool:
+        # Starting, Prometheus already answers HTTP, with 503 "Service Unavailable" (not JSON)
+        # until its storage is up (a CI run queried it then).
+        return httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=HTTP_TIMEOUT_S).is_success
+
     try:
+        wait_until("/-/ready", ready)
         wait_until(
             "scraped etlverify_watch_elapsed_seconds == 123.25",
             lambda: value_is("etlverify_watch_elapsed_seconds", 123.25),

@@ -34,8 +34,8 @@ by more than the allowance. Examples::
     p50:10%,+2sd            p50 may rise by 10% or twice the baseline windows' spread
 
 *Noise-derived floors* (`sd`): the floor is a multiple of the standard deviation of the statistic
-over the baseline's trial windows (a robust one, 1.4826 x the median absolute deviation, so that
-one stalled window does not widen the floor), so it is derived from the measured noise of the
+over the baseline's trial windows (leaving out stalled windows, so that one does not widen the
+floor), so it is derived from the measured noise of the
 machine and target the baseline was recorded on, not from a constant chosen elsewhere. A fixed
 `+2ms` floor on a 5 ms route hides a 25% slowdown (1.25 ms); `+2sd` there is a few tenths of a
 millisecond.

@@ -15,9 +15,10 @@ Pipeline (pytest-benchmark's measure -> store -> compare, with our statistics):
    `PerfCollector` (`config.stash[PERF_KEY]`, fixture `etl_perf`), one measurement group at a time
    ("routes", "users", "pool", "ws"), each measured by the first test that reads it
    (`PerfCollector.group`), in plan order, with a progress line on the terminal and its time
-   attached to that test. A group the machine baseline lacks (first use) is measured once and that
-   measurement is recorded into the cache as this machine's baseline; its checks are INCONCLUSIVE
-   for this run (there is nothing earlier to compare with), the next run is judged against it.
+   attached to that test. A group the machine baseline holds fewer than `MACHINE_RUNS` (3) runs
+   of (first use) is measured once and that measurement is added to the cache as a run of this
+   machine's baseline; its checks are INCONCLUSIVE for this run, and from the run after the
+   third on they are judged against the three (whole runs vary more than one run's windows).
 4. *Judge*: the measured groups are compared with the baseline in one `compare()` call
    (`PerfCollector.judge`, again when a group was added: a metric's verdict depends only on its own
    windows). Each test reports its own slice of the verdicts (`PerfCollector.report`): FAIL lines
@@ -110,10 +111,18 @@ DEFAULT_TOLERANCE = "p50:10%,+2sd; p95:10%,+3sd; throughput:-10%,-2sd; error_rat
 MACHINE = "machine"
 #: Progress phase of a group measured for a machine baseline that lacks it.
 FIRST_USE_PHASE = "measuring (first use: recording this machine's baseline)"
+#: A machine baseline judges a group once it holds this many runs of it; until then each run's
+#: measurement is added to it (INCONCLUSIVE). One run cannot show how much whole runs vary on a
+#: machine: on this 2-core host, `pytest -m post_deploy` on the unchanged reference, judged
+#: against a one-run baseline, read every key route +14% to +27% slower in 3 of 5 runs (DO NOT
+#: PROMOTE) with every window beyond the baseline's (Mann-Whitney p = 0.008): a whole run, not a
+#: window, was slower, and only runs recorded at different times show that in the baseline.
+MACHINE_RUNS = 3
 #: The verdict reason of a first-use group's metrics (INCONCLUSIVE).
 FIRST_USE_REASON = (
-    "first use: this measurement was recorded as this machine's baseline ({path}); there is no "
-    "earlier baseline to compare it with, the next run is judged against it"
+    "first use ({k} of {n} runs): this measurement was recorded into this machine's baseline "
+    "({path}); there is no earlier baseline to compare it with until {n} runs are recorded (one "
+    "run cannot show how much whole runs vary on this machine)"
 )
 #: A first-use measurement with more than this share of requests sent late (the open-model
 #: sender could not keep to its schedule: an overloaded host) is not recorded as the baseline.
@@ -600,8 +609,9 @@ class PerfCollector:
         when = _utc_stamp(self.baseline.recorded_at if self.calibrated else first)
         if self.settings.machine:
             how = (
-                f"first use: {', '.join(self.calibrated)} recorded from this run, "
-                "judged from the next run on"
+                f"first use: {', '.join(self.calibrated)} recorded from this run "
+                f"({min(self.recorded_runs(g) for g in self.calibrated)} of {MACHINE_RUNS} runs), "
+                f"judged once {MACHINE_RUNS} are recorded"
                 if self.calibrated
                 else "cached"
             )
@@ -619,8 +629,25 @@ class PerfCollector:
             return False
         if group in self.calibration_problems:
             return False
-        have = set(self.baseline.metrics) if self.baseline is not None else set()
-        return not any(group_of(m) == group for m in have)
+        return self.recorded_runs(group) < MACHINE_RUNS
+
+    def recorded_runs(self, group: str) -> int:
+        """How many recorded runs the baseline holds of `group`."""
+        if self.baseline is None:
+            return 0
+        return len(
+            {
+                w.run
+                for m, r in self.baseline.metrics.items()
+                if group_of(m) == group
+                for w in r.windows
+            }
+        )
+
+    def first_use_reason(self) -> str:
+        """Why this run's first-use groups are INCONCLUSIVE (with how many runs are recorded)."""
+        k = min((self.recorded_runs(g) for g in self.calibrated), default=1)
+        return FIRST_USE_REASON.format(path=self.baseline_path, k=k, n=MACHINE_RUNS)
 
     def group(self, request: pytest.FixtureRequest | None, name: str) -> GroupResult:
         """The measurements of group `name`, measured now if needed (with every needed group
@@ -855,7 +882,7 @@ class PerfCollector:
         )
         if self.calibrated:
             # A first-use group is its own baseline: comparing it with itself cannot fail.
-            why = FIRST_USE_REASON.format(path=self.baseline_path)
+            why = self.first_use_reason()
             comparison = replace(
                 comparison,
                 results=tuple(
@@ -911,7 +938,7 @@ class PerfCollector:
                 f"into {self.baseline_path} (--baseline-record); runs after it are compared with it"
             )
         if self.calibrated:
-            return "INCONCLUSIVE: " + FIRST_USE_REASON.format(path=self.baseline_path)
+            return "INCONCLUSIVE: " + self.first_use_reason()
         if self.calibration_problems:
             group, why = next(iter(self.calibration_problems.items()))
             return (
@@ -1012,7 +1039,7 @@ class PerfCollector:
             if first:
                 seen = ", ".join(f"{v.stat} {v.metric} {v._fmt(v.current)}" for v in first[:4])
                 lines.append(
-                    FIRST_USE_REASON.format(path=self.baseline_path)
+                    self.first_use_reason()
                     + f" (measured: {seen}{', ...' if len(first) > 4 else ''})"
                 )
             pytest.skip(f"INCONCLUSIVE against baseline {name!r}: " + "; ".join(lines))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
 
+    from etlverify.rollout.cohort import CohortJudge
     from etlverify.rollout.plan import RolloutPlan
 
 __all__ = ["add_parser", "main_rollout"]
@@ -109,26 +110,26 @@ def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None)
         root = args.deploy_root or environ.get("ETLPLUS_DEPLOY_ROOT")
         token = environ.get("ETLPLUS_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        if args.record_baseline is not None:
+        baseline = None
+        deploy_root = Path(root or ".")
+        if args.record_baseline is not None:  # measures only: no flag is changed
             if not base_url:
                 raise PlanError("--record-baseline needs --base-url (the target to measure)")
-            return _record(base_url, headers, args.record_baseline, plan)
-        baseline = None
-        if args.baseline is not None:
-            from etlverify.baseline.store import load
+        else:
+            if args.baseline is not None:
+                from etlverify.baseline.store import load
 
-            baseline = load(args.baseline)
-        if not base_url or not root:
-            raise PlanError(
-                "--base-url and --deploy-root are needed (the flags file is changed there)"
-            )
-        deploy_root = Path(root)
-        if not (deploy_root / "config" / "feature_flags.json").is_file():
-            raise PlanError(f"--deploy-root {deploy_root}: no config/feature_flags.json there")
-        if args.notify:
-            from etlverify.watch.notify import Notifier
+                baseline = load(args.baseline)
+            if not base_url or not root:
+                raise PlanError(
+                    "--base-url and --deploy-root are needed (the flags file is changed there)"
+                )
+            if not (deploy_root / "config" / "feature_flags.json").is_file():
+                raise PlanError(f"--deploy-root {deploy_root}: no config/feature_flags.json there")
+            if args.notify:
+                from etlverify.watch.notify import Notifier
 
-            notifier = Notifier(args.notify, on_event=lambda line: print(line, flush=True))
+                notifier = Notifier(args.notify, on_event=lambda line: print(line, flush=True))
     except (EtlVerifyError, ValueError) as exc:
         print(f"etlverify rollout: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -136,11 +137,14 @@ def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None)
     if problem:
         print(unreachable_message(base_url, problem, "etlverify rollout"), file=sys.stderr)
         return EXIT_UNREACHABLE
-    from etlverify.deployment import OpsRunner
     from etlverify.rollout.cohort import CohortJudge
 
-    rollback_cmd = args.rollback_cmd or str(deploy_root / "deployment" / "rollback.sh")
     judge = CohortJudge(base_url, headers=headers)
+    if args.record_baseline is not None:
+        return _record(judge, args.record_baseline, plan)
+    from etlverify.deployment import OpsRunner
+
+    rollback_cmd = args.rollback_cmd or str(deploy_root / "deployment" / "rollback.sh")
     conductor = Conductor(
         plan=plan,
         base_url=base_url,
@@ -177,15 +181,8 @@ def main_rollout(args: argparse.Namespace, env: Mapping[str, str] | None = None)
     return outcome.exit_code
 
 
-def _record(base_url: str, headers: Mapping[str, str] | None, path: Path, plan: RolloutPlan) -> int:
+def _record(judge: CohortJudge, path: Path, plan: RolloutPlan) -> int:
     """`--record-baseline FILE`: one hold of the judge's traffic, appended to FILE."""
-    problem = probe(base_url, 5.0)
-    if problem:
-        print(unreachable_message(base_url, problem, "etlverify rollout"), file=sys.stderr)
-        return EXIT_UNREACHABLE
-    from etlverify.rollout.cohort import CohortJudge
-
-    judge = CohortJudge(base_url, headers=headers)
     hold = plan.steps[0].hold_s if plan.steps else 10 * plan.window_s
     print(
         f"etlverify rollout: recording the judge's traffic into {path}: "

@@ -135,17 +135,17 @@ def test_unchanged_target_passes(
     faulty_target: EmbeddedTarget,
     baseline_file: Path,
 ) -> None:
-    result = _run(
-        pytester,
-        run_args,
-        "--base-url",
-        faulty_target.base_url,
-        "--baseline",
-        str(baseline_file),
-        *LOAD,
-        *WIDE_TOLERANCE,
-        *SELECT,
-    )
+    args = ("--base-url", faulty_target.base_url, "--baseline", str(baseline_file))
+    result = _run(pytester, run_args, *args, *LOAD, *WIDE_TOLERANCE, *SELECT)
+    for _ in range(2):
+        # A host stalled for seconds during the run (a CI run: p50 370 ms against 6 ms, windows
+        # scattering by 0.5 s) is INCONCLUSIVE "re-run", as designed; the check re-runs, as a
+        # person would. A FAIL is never re-run.
+        if not result.parseoutcomes().get("skipped") or "re-run" not in result.stdout.str():
+            break
+        result = pytester.runpytest_subprocess(
+            *run_args, *PERF_ARGS, "-rs", *args, *LOAD, *WIDE_TOLERANCE, *SELECT, timeout=240
+        )
     out = result.stdout.str()
     # The test itself passes. (The run's exit code is the sign-off plugin's: it may still say
     # DO NOT PROMOTE when the host's drift fires a rollback trigger, which has no noise rule.)

@@ -167,19 +167,21 @@ def test_fifty_percent_latency_fails_with_the_numbers(
     )
     before = baseline_file.read_bytes()
     _set_latency(faulty_target, round(added, 1))
+    args = ("--base-url", faulty_target.base_url, "--baseline", str(baseline_file))
     try:
-        result = _run(
-            pytester,
-            run_args,
-            "--base-url",
-            faulty_target.base_url,
-            "--baseline",
-            str(baseline_file),
-            "--baseline-record",
-            *LOAD,
-            *TOLERANCE,
-            *SELECT,
-        )
+        result = _run(pytester, run_args, *args, "--baseline-record", *LOAD, *TOLERANCE, *SELECT)
+        for _ in range(2):
+            # As in test_unchanged_target_passes: a host stalled for seconds (a CI run: p50
+            # 1.7 s on every route, /api/health too) is INCONCLUSIVE "re-run"; re-run it, with
+            # the shared baseline as it was (that run may have been recorded). A FAIL or PASS is
+            # never re-run.
+            if not result.parseoutcomes().get("skipped") or "re-run" not in result.stdout.str():
+                break
+            baseline_file.write_bytes(before)
+            result = pytester.runpytest_subprocess(
+                *run_args, *PERF_ARGS, "-rs", *args, "--baseline-record", *LOAD, *TOLERANCE,
+                *SELECT, timeout=240,
+            )  # fmt: skip
     finally:
         _set_latency(faulty_target, None)
     out = result.stdout.str()

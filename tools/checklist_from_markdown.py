@@ -4,8 +4,13 @@ Used once to create the file and again when the checklist changes: items already
 their id and automation fields; new items are added as "automated" for a person to review. The JSON,
 not this script, is the reviewed source of truth.
 
-    python tools/checklist_from_markdown.py \
-        ../shared/deployment_checklist.md src/etlverify/checklist.json
+The markdown is the repository's copy, docs/deployment_checklist.md, of the ETL Plus repository's
+deployment/deployment_checklist.md: when the upstream checklist changes, copy it over (keeping the
+first line, the note saying it is a copy), then run from the repository root
+
+    python tools/checklist_from_markdown.py
+
+or name both files: ``python tools/checklist_from_markdown.py CHECKLIST.md CHECKLIST.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import json
 import re
 import sys
 from pathlib import Path
+
+#: the repository's copy of the upstream checklist, and the file generated from it (the defaults)
+MARKDOWN = Path("docs/deployment_checklist.md")
+JSON = Path("src/etlverify/checklist.json")
 
 SECTION_PREFIX = {
     "Pre-Deployment Preparation": "pre",
@@ -103,7 +112,11 @@ def parse(md: str) -> list[dict[str, str]]:
 
 
 def main() -> int:
-    md_path, json_path = Path(sys.argv[1]), Path(sys.argv[2])
+    args = sys.argv[1:]
+    if len(args) not in (0, 2):
+        print(f"usage: python {sys.argv[0]} [CHECKLIST.md CHECKLIST.json]", file=sys.stderr)
+        return 2
+    md_path, json_path = (Path(args[0]), Path(args[1])) if args else (MARKDOWN, JSON)
     old = {}
     if json_path.exists():
         old = {
@@ -128,7 +141,7 @@ def main() -> int:
         out.append({"id": ident, **it, "automation": "automated"})
     json_path.write_text(
         json.dumps(
-            {"schema_version": 1, "source": "shared/deployment_checklist.md", "items": out},
+            {"schema_version": 1, "source": MARKDOWN.as_posix(), "items": out},
             indent=2,
         )
         + "\n",

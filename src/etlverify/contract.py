@@ -1,4 +1,4 @@
-"""The ETL Plus contract's fixed facts (../shared/ETLPLUS_CONTRACT.md), in one place for the suites.
+"""The ETL Plus contract's fixed facts (docs/etlplus-contract.md), in one place for the suites.
 
 The verification suites and the project's tests of the reference import these instead of keeping
 copies. The reference target keeps its own implementation on purpose: a check written from the

@@ -56,7 +56,7 @@ SUITE_CONFIG_OVERRIDES: dict[str, Any] = {
 }
 
 
-#: The contract's upstream per-minute limits (ETLPLUS_CONTRACT.md section 6), for the header.
+#: The contract's upstream per-minute limits (docs/etlplus-contract.md, section 6), for the header.
 CONTRACT_RATE_LIMITS: dict[str, int] = {
     "/api/auth/login": 5,
     "/api/auth/logout": 10,

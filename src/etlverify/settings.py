@@ -7,11 +7,18 @@ what is needed to reproduce a run and an error can name the place to fix. A bad 
 Credentials (`ETLPLUS_USERNAME`, `ETLPLUS_PASSWORD`, `ETLPLUS_TOKEN`) come only from the environment
 and never appear in `repr`, `describe()` or any report.
 
+`profile` (`--profile`, `ETLPLUS_PROFILE`, ini `etlplus_profile`) says what kind of target this is
+and so what the heavy checks may send it (`PROFILES`): ``staging`` (the default) the full load,
+connection churn and fuzzing; ``production`` a gentler run. It gives the defaults of the heavy
+checks' budgets (environment only: `ETLPLUS_CONNECTIONS`, ...) and of the performance section's
+load rate; a budget set in the environment wins, and its source says which it was.
+
 This module knows nothing of pytest: the plugin hands it plain mappings of raw values.
 """
 
 from __future__ import annotations
 
+import difflib
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +31,9 @@ from etlverify.errors import SettingsError
 __all__ = [
     "DEFAULT_JOB_PROFILES",
     "DEFAULT_JOB_TYPES",
+    "PROFILES",
     "SETTINGS",
+    "Profile",
     "SettingSpec",
     "Settings",
     "resolve_settings",
@@ -45,6 +54,56 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 @dataclass(frozen=True)
+class Profile:
+    """What the heavy checks send to one kind of target by default (`--profile NAME`)."""
+
+    name: str
+    #: default of `--perf-rate`: the performance section's open-model load, requests/s over the
+    #: four key routes (a quarter of them POST /api/jobs), for `--perf-duration` (40 s)
+    perf_rate_rps: float
+    #: fresh connections the connection-hygiene check opens one after another, and its time limit
+    connections: int
+    connections_budget_s: float
+    #: whether the fuzz checks (hypothesis: generated, malformed requests) run
+    fuzz: bool
+
+    def describe(self) -> str:
+        """What the profile sends, in a few words (help text, report header)."""
+        fuzz = "hypothesis fuzzing" if self.fuzz else "no fuzzing"
+        return (
+            f"~{self.perf_rate_rps:g} req/s of measured load, {self.connections} fresh "
+            f"connections, {fuzz}"
+        )
+
+
+#: The profiles. Production keeps every check that proves the deployment works and sends less of
+#: what can hurt it: at 60 requests/s each key route's 8 s trial window still holds 120 samples
+#: (a p95 verdict needs 100: 5 beyond the percentile), 50 connections are above the 20 below which
+#: the connection check proves nothing about a pool, and no generated input is sent at all.
+PROFILES: Final[Mapping[str, Profile]] = MappingProxyType(
+    {
+        "staging": Profile(
+            "staging",
+            perf_rate_rps=100.0,
+            connections=300,
+            connections_budget_s=30.0,
+            fuzz=True,
+        ),
+        "production": Profile(
+            "production",
+            perf_rate_rps=60.0,
+            connections=50,
+            connections_budget_s=15.0,
+            fuzz=False,
+        ),
+    }
+)
+DEFAULT_PROFILE: Final = "staging"
+#: settings whose default comes from the profile (the attribute of `Profile` of the same name)
+_PROFILE_DEFAULTS: Final = ("connections", "connections_budget_s")
+
+
+@dataclass(frozen=True)
 class SettingSpec:
     """How one setting is named in each source and how its raw text becomes a value."""
 
@@ -53,7 +112,8 @@ class SettingSpec:
     env: str
     ini: str | None
     help: str
-    kind: str  # "url", "ws_url", "dir", "cmd", "seconds", "list", "profiles", "bool"
+    #: "url", "ws_url", "dir", "cmd", "seconds", "count", "list", "profiles", "bool", "profile"
+    kind: str
 
 
 SETTINGS: Final[tuple[SettingSpec, ...]] = (
@@ -154,6 +214,62 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         " trigger checks induce faults on it; --no-embedded-faults to start it without)",
         "bool",
     ),
+    # The profile before the budgets: their defaults depend on it.
+    SettingSpec(
+        "profile",
+        "--profile",
+        "ETLPLUS_PROFILE",
+        "etlplus_profile",
+        "what the heavy checks may send: staging (default; "
+        + PROFILES["staging"].describe()
+        + ") or production ("
+        + PROFILES["production"].describe()
+        + ")",
+        "profile",
+    ),
+    # The heavy checks' budgets: environment only (verification/post_deploy/test_post_connections.py
+    # and test_post_fuzz.py read these variables themselves; the plugin sets, for the run, those the
+    # environment lacks whose value differs from the checks' own defaults: the staging profile's).
+    SettingSpec(
+        "connections",
+        None,
+        "ETLPLUS_CONNECTIONS",
+        None,
+        "fresh connections the connection-hygiene check opens one after another (profile)",
+        "count",
+    ),
+    SettingSpec(
+        "connection_timeout_s",
+        None,
+        "ETLPLUS_CONNECTION_TIMEOUT_S",
+        None,
+        "connect and read timeout of each of those connections (default 2)",
+        "seconds",
+    ),
+    SettingSpec(
+        "connections_budget_s",
+        None,
+        "ETLPLUS_CONNECTIONS_BUDGET_S",
+        None,
+        "time limit of the whole connection sequence (profile)",
+        "seconds",
+    ),
+    SettingSpec(
+        "fuzz_budget_s",
+        None,
+        "ETLPLUS_FUZZ_BUDGET_S",
+        None,
+        "time budget of each hypothesis fuzzing check (default 20)",
+        "seconds",
+    ),
+    SettingSpec(
+        "fuzz_examples",
+        None,
+        "ETLPLUS_FUZZ_EXAMPLES",
+        None,
+        "example (request) budget of each fuzzing check (default 100)",
+        "count",
+    ),
 )
 _SPECS: Final = {s.name: s for s in SETTINGS}
 _SECRETS: Final = ("username", "password", "token")
@@ -172,6 +288,10 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "job_profiles": DEFAULT_JOB_PROFILES,
         "allow_destructive": False,
         "embedded_faults": True,
+        "profile": DEFAULT_PROFILE,
+        "connection_timeout_s": 2.0,
+        "fuzz_budget_s": 20.0,
+        "fuzz_examples": 100,
     }
 )
 
@@ -192,6 +312,12 @@ class Settings:
     job_profiles: Mapping[str, str] = field(default_factory=lambda: DEFAULT_JOB_PROFILES)
     allow_destructive: bool = False
     embedded_faults: bool = True
+    profile: str = DEFAULT_PROFILE
+    connections: int = 300
+    connection_timeout_s: float = 2.0
+    connections_budget_s: float = 30.0
+    fuzz_budget_s: float = 20.0
+    fuzz_examples: int = 100
     # Secrets: environment only, never in repr.
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
@@ -207,6 +333,16 @@ class Settings:
     def destructive_allowed(self) -> bool:
         """Destructive tests run with --allow-destructive, and always against the embedded one."""
         return self.allow_destructive or self.embedded
+
+    @property
+    def load_profile(self) -> Profile:
+        """The profile's defaults (`PROFILES`): what the heavy checks send unless told otherwise."""
+        return PROFILES[self.profile]
+
+    @property
+    def fuzz_allowed(self) -> bool:
+        """Whether the fuzz checks run (not under ``--profile production``)."""
+        return self.load_profile.fuzz
 
     @property
     def token_env_ref(self) -> str | None:
@@ -284,6 +420,26 @@ def _parse_cmd(raw: str, origin: str) -> tuple[str, ...]:
     return parts
 
 
+def _parse_count(raw: str, origin: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _fail(origin, "a whole number > 0", raw) from None
+    if value <= 0:
+        raise _fail(origin, "a whole number > 0", raw)
+    return value
+
+
+def _parse_profile(raw: str, origin: str) -> str:
+    text = raw.strip().lower()
+    if text in PROFILES:
+        return text
+    close = [name for name in PROFILES if text and name.startswith(text)]
+    close = close or difflib.get_close_matches(text, list(PROFILES), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise SettingsError(f"{origin}: expected {' or '.join(PROFILES)}, got {raw!r}{hint}")
+
+
 def _parse_list(raw: str, origin: str) -> tuple[str, ...]:
     items = tuple(p.strip().upper() for p in raw.split(",") if p.strip())
     if not items:
@@ -317,6 +473,8 @@ _PARSERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "dir": _parse_dir,
     "cmd": _parse_cmd,
     "seconds": _parse_seconds,
+    "count": _parse_count,
+    "profile": _parse_profile,
     "list": _parse_list,
     "bool": _parse_bool,
 }
@@ -348,10 +506,10 @@ def resolve_settings(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for spec in SETTINGS:
-        candidates: list[tuple[str, str, Any]] = [
-            ("cli", spec.cli or "", cli.get(spec.name)),
-            ("env", f"env {spec.env}", env.get(spec.env)),
-        ]
+        candidates: list[tuple[str, str, Any]] = []
+        if spec.cli:
+            candidates.append(("cli", spec.cli, cli.get(spec.name)))
+        candidates.append(("env", f"env {spec.env}", env.get(spec.env)))
         if spec.ini:
             candidates.append(("ini", f"ini {spec.ini}", ini.get(spec.ini)))
         for kind, origin, raw in candidates:
@@ -367,8 +525,13 @@ def resolve_settings(
             sources[spec.name] = origin
             break
         else:
-            values[spec.name] = _DEFAULTS[spec.name]
-            sources[spec.name] = "default"
+            if spec.name in _PROFILE_DEFAULTS:
+                profile = PROFILES[values["profile"]]
+                values[spec.name] = getattr(profile, spec.name)
+                sources[spec.name] = f"profile {profile.name}"
+            else:
+                values[spec.name] = _DEFAULTS[spec.name]
+                sources[spec.name] = "default"
     if values["ws_url"] is None and values["base_url"] is not None:
         base: str = values["base_url"]
         values["ws_url"] = "ws" + base[len("http") :] + "/ws"

@@ -13,7 +13,8 @@ One feature per module, each a plugin of its own (pytest's style), registered he
 - `performance` the performance section: load plan, baseline options, collect -> judge once
 - `reporting` report header, failures without tracebacks, checklist summary, default reports
 - `signoff`   evidence -> reports/summary.json and reports/signoff.html, the promotion verdict and
-              the gate's exit code (0 promote, 1 failed, 2 usage, 3 unreachable, 4 inconclusive)
+              the gate's exit code (0 promote, 1 failed, 2 usage, 3 unreachable, 11 inconclusive
+              when it blocks)
 
 Load it with ``pytest_plugins = ["etlverify.pytest_plugin"]`` (the repository's root conftest) or
 ``-p etlverify.pytest_plugin``.

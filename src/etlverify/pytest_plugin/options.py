@@ -2,6 +2,12 @@
 
 A bad value stops the run before anything starts: `pytest.UsageError` with one line naming the
 option, variable or ini key it came from (exit code 2, no traceback).
+
+The profile (`--profile staging|production`, `etlverify.settings.PROFILES`) is applied here too:
+the heavy checks' budgets the environment does not set are put into it for the run (the checks in
+verification/post_deploy/ read those variables), and under ``production`` every fuzz check is
+skipped with the reason (a test with the ``fuzz`` marker, the ``fuzz_budget`` fixture or
+hypothesis's ``@given`` that talks to the target).
 """
 
 from __future__ import annotations
@@ -20,11 +26,22 @@ from etlverify.settings import SETTINGS, Settings, resolve_settings
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-__all__ = ["EXIT_USAGE", "get_settings"]
+__all__ = ["EXIT_USAGE", "FUZZ_FIXTURES", "get_settings", "is_fuzz_check"]
 
-#: the gate's exit code for a usage or configuration error (docs/exit-codes.md); pytest's is 4,
-#: which the gate reserves for INCOMPLETE
+#: the verification run's exit code for a usage or configuration error (docs/exit-codes.md), the
+#: same as the Locust side's; pytest's own 4 is left to command lines pytest itself cannot parse
 EXIT_USAGE = 2
+#: fixtures that make a test a fuzz check (verification/post_deploy/test_post_fuzz.py's budget)
+FUZZ_FIXTURES = frozenset({"fuzz_budget"})
+#: the settings the plugin hands to the heavy checks through the environment they read
+_BUDGETS = (
+    "connections",
+    "connection_timeout_s",
+    "connections_budget_s",
+    "fuzz_budget_s",
+    "fuzz_examples",
+)
+_EXPORTED_KEY = pytest.StashKey[dict[str, str]]()
 
 GROUP = "etlverify"
 
@@ -33,11 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Register `--base-url` ... (see docs/suite-api.md), their ini keys, and `--etl-checklist`."""
     group = parser.getgroup(GROUP, "etlverify: verify an ETL Plus deployment")
     for spec in SETTINGS:
+        if spec.cli is None:  # environment only (the heavy checks' budgets)
+            continue
         dest = f"etlplus_{spec.name}"
         env_help = f" [env {spec.env}]"
         if spec.kind == "bool":
             group.addoption(
-                spec.cli or "",
+                spec.cli,
                 # --x and --no-x: a default that is on (--embedded-faults) can be switched off
                 action=argparse.BooleanOptionalAction,
                 default=None,
@@ -46,7 +65,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             )
         elif spec.kind == "profiles":
             group.addoption(
-                spec.cli or "",
+                spec.cli,
                 action="append",
                 default=None,
                 dest=dest,
@@ -55,11 +74,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             )
         else:
             group.addoption(
-                spec.cli or "",
+                spec.cli,
                 action="store",
                 default=None,
                 dest=dest,
-                metavar=spec.kind.upper(),
+                metavar="NAME" if spec.kind == "profile" else spec.kind.upper(),
                 help=spec.help + env_help,
             )
         if spec.ini:
@@ -90,7 +109,7 @@ def _ini(config: pytest.Config, name: str) -> Any:
 
 
 def _resolve(config: pytest.Config) -> Settings:
-    cli = {spec.name: config.getoption(f"etlplus_{spec.name}") for spec in SETTINGS}
+    cli = {spec.name: config.getoption(f"etlplus_{spec.name}") for spec in SETTINGS if spec.cli}
     ini = {spec.ini: _ini(config, spec.ini) for spec in SETTINGS if spec.ini}
     return resolve_settings(cli, os.environ, ini)
 
@@ -145,9 +164,10 @@ def pytest_load_initial_conftests(
 def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.ExitCode, int]:
     """A `pytest.UsageError` (a bad setting, a bad baseline, a bad role...) exits 2, not 4.
 
-    pytest prints a UsageError as ``ERROR: <message>`` and exits 4; the gate's exit codes give 4 to
-    INCOMPLETE, so this prints the same line and returns 2. (pytest_configure is a historic hook and
-    cannot be wrapped; the UsageError leaves the session through here.)
+    pytest prints a UsageError as ``ERROR: <message>`` and exits 4; this prints the same line and
+    returns 2, the verification run's usage code (as the Locust side's; docs/exit-codes.md), so
+    pytest's 4 is left to a command line pytest itself cannot parse. (pytest_configure is a
+    historic hook and cannot be wrapped; the UsageError leaves the session through here.)
     """
     try:
         return int((yield))
@@ -160,8 +180,64 @@ def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.E
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Resolve the settings first of all, so that a bad value stops the run at once."""
-    get_settings(config)
+    """Resolve the settings first of all, so that a bad value stops the run at once; hand the
+    heavy checks the budgets of the profile that the environment does not set."""
+    settings = get_settings(config)
+    config.addinivalue_line(
+        "markers",
+        "fuzz: sends generated (hypothesis) input to the target; skipped under --profile "
+        "production",
+    )
+    # Only what differs from the checks' own defaults (the staging profile's), so that a run
+    # with the default profile leaves the environment of the processes it starts alone.
+    exported: dict[str, str] = {}
+    specs = {spec.name: spec for spec in SETTINGS}
+    checks_defaults = Settings()
+    for name in _BUDGETS:
+        var = specs[name].env
+        value = getattr(settings, name)
+        if os.environ.get(var, "").strip() or value == getattr(checks_defaults, name):
+            continue
+        exported[var] = f"{value:g}" if isinstance(value, float) else str(value)
+    os.environ.update(exported)
+    config.stash[_EXPORTED_KEY] = exported
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Take the budgets this run put into the environment out again (in-process runs)."""
+    for var, value in config.stash.get(_EXPORTED_KEY, {}).items():
+        if os.environ.get(var) == value:
+            del os.environ[var]
+
+
+def is_fuzz_check(item: pytest.Item) -> bool:
+    """A check that sends generated input to the target: marked ``fuzz``, or using a fuzz budget
+    fixture, or a hypothesis test (``@given``), and in either of the last two cases a check of the
+    target (a checklist item or an ``etl_`` fixture: the project's own property tests are not)."""
+    if item.get_closest_marker("fuzz") is not None:
+        return True
+    names = set(getattr(item, "fixturenames", ()))
+    generated = bool(names & FUZZ_FIXTURES) or bool(
+        getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
+    )
+    of_target = item.get_closest_marker("checklist") is not None or any(
+        name.startswith("etl_") for name in names
+    )
+    return generated and of_target
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--profile production``: skip every fuzz check, saying why and how to run it."""
+    settings = get_settings(config)
+    if settings.fuzz_allowed:
+        return
+    reason = (
+        f"fuzzing skipped: profile production ({settings.source_of('profile')}) sends no "
+        "generated, malformed requests to the target; run it against staging (--profile staging)"
+    )
+    for item in items:
+        if is_fuzz_check(item):
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def get_settings(config: pytest.Config) -> Settings:

@@ -1,7 +1,8 @@
 """What a run tells people: header, failures, checklist summary, report files.
 
-- Header: the settings with their sources (secrets redacted); after collection, the target (URL,
-  version, build commit, loaded config/flags sha256).
+- Header: the settings with their sources (secrets redacted), what the checks send the target
+  (load, connections, fuzzing, destructive checks; the gentler profile); after collection, the
+  target (URL, version, build commit, loaded config/flags sha256).
 - `CheckFailed`/`TargetError` are shown as their message, without a traceback.
 - Summary: checklist items passed/failed/skipped/manual/not run, failed items with their tests.
 - Files: without --html/--junitxml, reports/report.html (self-contained) and reports/junit.xml under
@@ -30,6 +31,7 @@ from etlverify.errors import CheckFailed, TargetError
 from etlverify.pytest_plugin._state import OUTCOMES_KEY, SUMMARY_KEY
 from etlverify.pytest_plugin.markers import checklist_ids, get_checklist
 from etlverify.pytest_plugin.options import get_settings
+from etlverify.pytest_plugin.performance import PERF_KEY, ROUTE_METRICS
 from etlverify.pytest_plugin.target import get_run, needs_target
 from etlverify.pytest_plugin.targethealth import (
     FACT_PROPERTY,
@@ -38,14 +40,16 @@ from etlverify.pytest_plugin.targethealth import (
     failure_text,
 )
 from etlverify.report.summary import Status
+from etlverify.settings import PROFILES
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
     from etlverify.report.summary import ItemRecord
+    from etlverify.settings import Settings
     from etlverify.target import Target
 
-__all__ = ["HtmlChecklist", "OutcomeRecorder", "PlainFailure", "results_path"]
+__all__ = ["HtmlChecklist", "OutcomeRecorder", "PlainFailure", "results_path", "traffic_lines"]
 
 _STATUS_ORDER = (
     Status.PASSED,
@@ -212,10 +216,62 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         "etlverify: functional checks pace themselves within the target's rate limits "
         "(X-RateLimit-*, Retry-After); what had to be paced is listed with the verdict"
     )
+    lines += traffic_lines(config, settings)
     numprocesses = getattr(config.option, "numprocesses", None)
     if numprocesses and getattr(config.option, "dist", "no") != "loadgroup":
         lines.append("etlverify: with -n, add --dist loadgroup so destructive tests run serially")
     return lines
+
+
+def traffic_lines(config: pytest.Config, settings: Settings) -> list[str]:
+    """What the checks send the target when they are selected, in two lines: the load, the
+    connection churn and the fuzzing of this run's profile, the destructive checks, and the
+    gentler profile (a "read-only" post-deployment run once left a real ETL Plus not answering)."""
+    profile = settings.load_profile
+    sends: list[str] = []
+    collector = config.stash.get(PERF_KEY, None)
+    if collector is not None:
+        plan = collector.plan
+        jobs = round(plan.routes.rate_rps * plan.routes.duration_s / len(ROUTE_METRICS))
+        sends.append(
+            f"~{plan.routes.rate_rps:g} req/s for {plan.routes.duration_s:g} s of measured load "
+            f"on {len(ROUTE_METRICS)} key routes (~{jobs} of them create jobs), then "
+            f"{plan.users.users} users reading and {plan.pool.users} creating jobs, "
+            f"{plan.users.duration_s:g} s each"
+        )
+    sends.append(
+        f"{settings.connections} fresh connections one after another "
+        f"(<= {settings.connections_budget_s:g} s)"
+    )
+    sends.append(
+        f"hypothesis fuzzing, <= {settings.fuzz_examples} requests or "
+        f"{settings.fuzz_budget_s:g} s a check"
+        if settings.fuzz_allowed
+        else "no fuzzing (skipped)"
+    )
+    first = (
+        f"etlverify: the checks send, when selected (profile {settings.profile} "
+        f"[{settings.source_of('profile')}]): " + "; ".join(sends)
+    )
+    if settings.embedded:
+        destructive = "destructive checks on (the embedded reference: flags, config, restarts)"
+    elif settings.allow_destructive:
+        destructive = (
+            f"destructive checks ON [{settings.source_of('allow_destructive')}]: flag and config "
+            "changes, rollback, restarts"
+        )
+    else:
+        destructive = (
+            "destructive checks off (--allow-destructive: flag and config changes, rollback, "
+            "restarts)"
+        )
+    gentler = PROFILES["production"]
+    second = f"etlverify: {destructive}" + (
+        f"; gentler: --profile production ({gentler.describe()})"
+        if profile.name != gentler.name
+        else ""
+    )
+    return [first, second]
 
 
 def _target_lines(target: Target) -> list[str]:

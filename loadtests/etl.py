@@ -1,8 +1,10 @@
 """The ETL Plus load scenario and its performance gate.
 
-    locust -f loadtests/etl.py --headless            # defaults from locust.conf, embedded target
-    locust -f loadtests/etl.py --headless -H http://etl.example:8080
-    locust -f loadtests/etl.py --headless --etl-record   # append this run to the baseline
+    locust -f loadtests/etl.py --headless            # embedded target, this machine's baseline
+    # a deployed target, judged against its reviewed baseline (baselines/README.md), and how
+    # that baseline is recorded (three runs, then review and commit):
+    locust -f loadtests/etl.py --headless -H http://etl.example:8080 --etl-baseline FILE
+    locust -f loadtests/etl.py --headless -H http://etl.example:8080 --etl-record FILE
     locust -f loadtests/etl.py                       # the web UI; the verdict when Locust quits
     locust -f loadtests/etl.py --etl-help            # Locust's help with the --etl-* options
     python loadtests/etl.py --help                   # the same

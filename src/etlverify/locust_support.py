@@ -19,23 +19,35 @@ This is the only module of etlverify that imports locust (ARCHITECTURE.md). A lo
   prints the verdict and the rollback triggers, writes ``reports/locust_summary.json``, optionally
   records the run into the baseline, stops the embedded target, and sets
   ``environment.process_exit_code``.
-- A run is judged only on complete evidence. Before anything else the master/local process
-  replaces the summary it will write with an INCOMPLETE "running" one (a run killed on the way
-  leaves no stale verdict behind). The master holds Locust's ``quit`` until every worker's final
+- The baseline is a reviewed file (``--etl-baseline FILE``, ``--etl-record FILE``) or this
+  machine's (``--etl-baseline machine``, locust.conf's default): a cache file of
+  `etlverify.baseline.machine` keyed by host, target configuration and load plan, which the first
+  `MACHINE_RUNS` runs record into (INCOMPLETE, exit 0) and which judges from the next run on. A
+  baseline that is not comparable (another load plan, other hardware, another target
+  configuration) judges no relative check and no relative rollback trigger; the absolute
+  triggers always count.
+- A run is judged only on complete evidence. Before anything else a headless or ``--autostart``
+  master/local process replaces the summary it will write with an INCOMPLETE "running" one (a run
+  killed on the way leaves no stale verdict behind); the web UI does so when a test starts, so
+  that closing it without a test leaves an earlier summary alone. The master holds Locust's
+  ``quit`` until every worker's final
   report (sent after its users stopped) has arrived, at most ``--etl-worker-report-timeout``
   seconds; a worker whose final report is missing, a run stopped before its ``--run-time``, or a
   run the target rate-limited (HTTP 429) gets no baseline verdict.
 
 Exit codes (`EXIT_*`, docs/locust.md)::
 
-    0  PASS (or INCONCLUSIVE without --etl-inconclusive-exit: a warning line is printed),
-       or a run recorded with --etl-record
-    1  FAIL: a metric beyond tolerance and significant, or a rollback trigger fired;
-       or --etl-record refused because the run had failed requests / checks
+    0  PASS (or INCONCLUSIVE without --etl-inconclusive-exit: a warning line is printed; so is a
+       baseline that is not comparable), a run recorded with --etl-record, or a run recorded
+       into this machine's baseline (verdict INCOMPLETE: not a pass, not a failure)
+    1  FAIL: a metric beyond tolerance and significant, or a rollback trigger fired (a relative
+       one only against a comparable baseline); or --etl-record refused because the run had
+       failed requests / checks
     2  usage or configuration error: a bad --etl-* option, a missing or broken baseline file
     3  target unreachable: --host does not answer /api/health, or the embedded target cannot start
     4  INCOMPLETE: the run was interrupted (stopped before --run-time), a worker's final report is
-       missing, or no test was started; also INCONCLUSIVE with --etl-inconclusive-exit
+       missing, no test was started, or a run for this machine's baseline had failed requests
+       (not recorded); also INCONCLUSIVE with --etl-inconclusive-exit
     5  RATE LIMITED: the target answered 429 to the load generator; the measurements are the
        rate limiter's, not the service's (exempt the load generator or lower the load)
 
@@ -69,21 +81,35 @@ from locust.rpc import Message
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from websockets.sync.client import connect as ws_connect
 
+from etlverify import __version__
 from etlverify.baseline import (
     Baseline,
     BaselineError,
     Comparison,
     Fingerprint,
+    MetricVerdict,
+    Mismatch,
+    Severity,
     ToleranceSpec,
     TriggerConfig,
+    TriggerResult,
+    TriggerState,
     Verdict,
     compare,
+    evaluate_triggers,
     load,
     parse_specs,
     record,
+    resolve_spec,
 )
 from etlverify.baseline.compare import DEFAULT_ALPHA
-from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget, EmbeddedTargetError
+from etlverify.baseline.machine import MACHINE_RUNS, machine_baseline_path
+from etlverify.embedded import (
+    SUITE_CONFIG_OVERRIDES,
+    EmbeddedTarget,
+    EmbeddedTargetError,
+    overrides_digest,
+)
 from etlverify.errors import EtlVerifyError, SettingsError
 from etlverify.measure import (
     LatencyRecorder,
@@ -95,11 +121,11 @@ from etlverify.measure import (
     identity_address,
 )
 from etlverify.measure.sampler import METRICS_PATH, parse_metrics
-from etlverify.report.summary import run_identity
+from etlverify.report.summary import run_identity, target_facts
 
 if TYPE_CHECKING:
     from argparse import Namespace
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from locust.env import Environment
     from locust.event import Events
@@ -164,7 +190,13 @@ AGGREGATE_METRIC = "HTTP Aggregated"
 PAYLOAD_KEY = "etlverify"
 PAYLOAD_VERSION = 1
 
-DEFAULT_BASELINE = "baselines/locust-embedded.json"
+#: `--etl-baseline machine`: this machine's baseline, recorded on first use into the per-user
+#: cache of `etlverify.baseline.machine` (the same cache as the pytest side's `--baseline machine`).
+MACHINE = "machine"
+DEFAULT_BASELINE = MACHINE
+#: The rollback triggers that compare with the baseline; the others are absolute limits, judged in
+#: every run whatever the baseline.
+RELATIVE_TRIGGERS = ("error_rate_increase", "response_time_degradation")
 DEFAULT_SUMMARY = "reports/locust_summary.json"
 SHAPES = ("constant", "ramp")
 PROBE_TIMEOUT_S = 5.0
@@ -213,14 +245,27 @@ def add_options(parser: Any) -> None:
         action=_HelpAction,
         help="show this help, with the --etl-* options, and exit",
     )
-    opt("--etl-baseline", f"baseline file (default {DEFAULT_BASELINE})", default=DEFAULT_BASELINE)
+    opt(
+        "--etl-baseline",
+        f"baseline file, or '{MACHINE}': this machine's baseline, recorded by the first "
+        f"{MACHINE_RUNS} runs into $ETLPLUS_BASELINE_CACHE (else ~/.cache/etlverify/baselines) "
+        f"and judging from run {MACHINE_RUNS + 1} on (default {DEFAULT_BASELINE})",
+        default=DEFAULT_BASELINE,
+    )
     opt(
         "--etl-tolerance",
         "tolerance specs, ';'-separated, e.g. 'p95:10%,+1ms' (default: the library's "
         "'p50:10%,+1ms; p95:10%,+1ms; p99:10%,+2ms; throughput:-10%; error_rate:+1pp')",
         default=None,
     )
-    opt("--etl-record", "append this run to the baseline (refused if it had errors)", **_flag())
+    opt(
+        "--etl-record",
+        "append this run to the baseline: to FILE (a .json path; it becomes the baseline) or, "
+        "without FILE, to --etl-baseline; refused if the run had errors",
+        nargs="?",
+        const=True,
+        default=None,
+    )
     opt("--etl-windows", "trial windows per run (default 5)", default="5")
     opt("--etl-warmup", "seconds at the start not measured (default 5)", default="5")
     opt(
@@ -264,6 +309,7 @@ def add_options(parser: Any) -> None:
 
 _METAVARS = {
     "--etl-baseline": "FILE",
+    "--etl-record": "FILE",
     "--etl-tolerance": "SPECS",
     "--etl-windows": "N",
     "--etl-warmup": "SECONDS",
@@ -305,7 +351,9 @@ class _HelpAction(argparse.Action):
 class GateOptions:
     """The validated ``--etl-*`` options plus the Locust options the gate depends on."""
 
-    baseline: Path
+    #: the baseline file; None for this machine's baseline (`--etl-baseline machine`), whose
+    #: cache file depends on the load plan and is resolved when the run is judged
+    baseline: Path | None
     specs: tuple[ToleranceSpec, ...] | None
     tolerance_text: str | None
     record: bool
@@ -329,6 +377,16 @@ class GateOptions:
     #: interruption. A run started from the web UI is ended by a person: not checked.
     timed: bool = True
 
+    @property
+    def machine(self) -> bool:
+        """The baseline is this machine's (`--etl-baseline machine`)."""
+        return self.baseline is None
+
+    @property
+    def baseline_label(self) -> str:
+        """The baseline as given: a path, or 'machine'."""
+        return MACHINE if self.baseline is None else str(self.baseline)
+
     @classmethod
     def from_namespace(cls, ns: Namespace) -> GateOptions:
         """Validate; SettingsError with one line naming the option on any bad value."""
@@ -351,11 +409,15 @@ class GateOptions:
         if host is not None and not str(host).startswith(("http://", "https://")):
             raise SettingsError(f"--host: expected an http:// or https:// URL, got {host!r}")
         alpha = _number("--etl-alpha", get("etl_alpha"), DEFAULT_ALPHA, 0.0, 0.5, open_lo=True)
+        record, record_to = _record_option(get("etl_record"))
+        baseline_text = record_to or str(get("etl_baseline") or DEFAULT_BASELINE).strip()
+        if not baseline_text:
+            raise SettingsError(f"--etl-baseline: expected a file or '{MACHINE}', got ''")
         return cls(
-            baseline=Path(str(get("etl_baseline") or DEFAULT_BASELINE)),
+            baseline=None if baseline_text.lower() == MACHINE else Path(baseline_text),
             specs=specs,
             tolerance_text=None if tolerance is None else str(tolerance),
-            record=bool(get("etl_record")),
+            record=record,
             windows=int(_number("--etl-windows", get("etl_windows"), 5, 1, 1000, integer=True)),
             warmup_s=_number("--etl-warmup", get("etl_warmup"), 5.0, 0.0, 3600.0),
             window_s=_number(
@@ -413,6 +475,36 @@ class GateOptions:
                 )
             window_s = (self.run_time_s - self.warmup_s) / self.windows
         return WindowLayout(start_wall, self.warmup_s, window_s, self.windows)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def _record_option(raw: object) -> tuple[bool, str | None]:
+    """`--etl-record [FILE]` -> (record?, FILE or None).
+
+    Without FILE (or as a boolean from locust.conf / ``LOCUST_ETL_RECORD``) the run is appended to
+    --etl-baseline; with FILE, that file is the baseline. FILE must end in .json, so that a user
+    class name after a bare ``--etl-record`` is not taken for a file.
+    """
+    if raw is None or raw is False:
+        return False, None
+    if raw is True:
+        return True, None
+    text = str(raw).strip()
+    if text.lower() in _TRUE:
+        return True, None
+    if text.lower() in _FALSE:
+        return False, None
+    if text.lower() == MACHINE:
+        return True, MACHINE
+    if not text.lower().endswith(".json"):
+        raise SettingsError(
+            f"--etl-record: expected a baseline file ending in .json (or no value: record into "
+            f"--etl-baseline), got {text!r}"
+        )
+    return True, text
 
 
 _TRIGGER_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*(?:,\s*\+?\s*(\d+(?:\.\d+)?)\s*ms)?\s*$")
@@ -919,9 +1011,64 @@ def _iso(wall: float | None) -> str | None:
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _fact(value: object) -> str | None:
-    """A string fact of the target's status, or None."""
-    return value if isinstance(value, str) and value else None
+def _not_judged(trigger: TriggerResult, why: str) -> TriggerResult:
+    """A rollback trigger that cannot be judged, with why (state UNKNOWN: it does not decide)."""
+    return TriggerResult(
+        trigger.name, TriggerState.UNKNOWN, f"NOT JUDGED: {why}", None, trigger.threshold
+    )
+
+
+def _describe_incomparable(problems: list[Mismatch]) -> str:
+    """What makes a baseline not comparable, for people, in one clause."""
+    plan = [
+        f"{m.field.removeprefix('load.')}: baseline {m.baseline!r}, this run {m.current!r}"
+        for m in problems
+        if m.field.startswith("load.")
+    ]
+    parts = [f"baseline recorded with another load plan ({'; '.join(plan)})"] if plan else []
+    parts += [m.describe() for m in problems if not m.field.startswith("load.")]
+    return "; ".join(parts)
+
+
+def _comparable(comparison: Comparison) -> tuple[Comparison, str | None]:
+    """`comparison` unchanged and None when its baseline is comparable with the run; else every
+    metric verdict INCONCLUSIVE and every relative rollback trigger NOT JUDGED, and why.
+
+    Not comparable: another load plan (`load.*` differs: ERROR) or other hardware or another
+    target configuration (FOREIGN). `compare()` already makes the metric verdicts of a FOREIGN
+    baseline INCONCLUSIVE; a relative trigger, though, would still fire on a baseline measured
+    for another run time or on another CPU, and a FAIL there says nothing about the service.
+    The absolute triggers (unavailability, memory, database failures) are kept: they need no
+    baseline.
+    """
+    problems = [
+        m for m in comparison.environment if m.severity in (Severity.ERROR, Severity.FOREIGN)
+    ]
+    if not problems:
+        return comparison, None
+    why = _describe_incomparable(problems)
+
+    def result(r: MetricVerdict) -> MetricVerdict:
+        if r.verdict is Verdict.INCONCLUSIVE:
+            return r
+        return replace(
+            r,
+            verdict=Verdict.INCONCLUSIVE,
+            reason=f"not comparable: {why}; as measured it would be {r.verdict.value} ({r.reason})",
+        )
+
+    relative = f"the baseline is not comparable: {why}"
+    return (
+        replace(
+            comparison,
+            results=tuple(result(r) for r in comparison.results),
+            triggers=tuple(
+                _not_judged(t, relative) if t.name in RELATIVE_TRIGGERS else t
+                for t in comparison.triggers
+            ),
+        ),
+        why,
+    )
 
 
 @dataclass
@@ -1008,6 +1155,11 @@ class EtlGate:
         self.embedded = True
         #: /api/health/status of the target at the test's start (for the identity block)
         self.target_status: dict[str, Any] | None = None
+        #: the summary of an earlier run has been replaced by this run's "running" one
+        self.superseded = False
+        #: where the baseline of the judged run is (a --etl-baseline file, or this machine's cache
+        #: file, known once the load plan is)
+        self.baseline_path: Path | None = None
 
     # listeners are registered in `install()`
 
@@ -1026,8 +1178,9 @@ class EtlGate:
         return isinstance(getattr(self.environment, "runner", None), MasterRunner)
 
     def on_init(self, environment: Environment, runner: Runner | None = None, **_: Any) -> None:
-        """``init``: supersede the old summary, validate options; on master/local load the
-        baseline and resolve the target."""
+        """``init``: supersede the old summary (headless and --autostart runs; the web UI's
+        when its first test starts), validate options; on master/local load the baseline file
+        and resolve the target."""
         self.environment = environment
         try:
             parsed = environment.parsed_options
@@ -1038,7 +1191,10 @@ class EtlGate:
                 self.embedded = not getattr(parsed, "host", None)
                 raw = getattr(parsed, "etl_summary", None)
                 self.summary_path = Path(str(raw or DEFAULT_SUMMARY))
-                self._supersede()
+                # The web UI without --autostart may be closed without a test ever starting: the
+                # summary of an earlier run is replaced only when a test starts (`on_test_start`).
+                if getattr(parsed, "headless", False) or getattr(parsed, "autostart", False):
+                    self._supersede()
             self.options = GateOptions.from_namespace(parsed)
             self.summary_path = self.options.summary
             self.options.layout(0.0)  # validates warm-up against run time before anything starts
@@ -1060,13 +1216,6 @@ class EtlGate:
     def identity(self, *, finished: bool) -> dict[str, Any]:
         """This run's identity block (``run`` in the summary), built like the pytest run's
         (`etlverify.report.summary.run_identity`): the same target gives the same fingerprint."""
-        status = self.target_status or {}
-
-        def sha(part: str) -> str | None:
-            value = status.get(part)
-            return _fact(value.get("sha256")) if isinstance(value, dict) else None
-
-        build = status.get("build")
         return run_identity(
             tool="locust",
             run_id=self.run_id,
@@ -1074,10 +1223,7 @@ class EtlGate:
             finished_at=_iso(time.time()) if finished else None,
             target_url=self.host,
             embedded=self.embedded,
-            target_version=_fact(status.get("version")),
-            build_commit=_fact(build.get("commit")) if isinstance(build, dict) else None,
-            config_sha256=sha("config"),
-            flags_sha256=sha("feature_flags"),
+            facts=target_facts(self.target_status),
         )
 
     def _bare_summary(
@@ -1092,7 +1238,7 @@ class EtlGate:
             "error": error,
             "incomplete": [reason],
             "rate_limited": None,
-            "baseline": None if self.options is None else str(self.options.baseline),
+            "baseline": None if self.options is None else self.options.baseline_label,
             "metrics": [],
             "triggers": [],
             "fingerprint": {},
@@ -1116,6 +1262,7 @@ class EtlGate:
             finished=False,
         )
         data["status"] = "running"
+        self.superseded = True
         try:
             _write_json_atomic(path, data)
         except OSError as exc:
@@ -1139,6 +1286,9 @@ class EtlGate:
     def _load_baseline(self) -> None:
         assert self.options is not None
         path = self.options.baseline
+        if path is None:
+            return  # this machine's: its file depends on the load plan (`_find_machine_baseline`)
+        self.baseline_path = path
         if not path.exists():
             if self.options.record:
                 return  # the first recorded run creates it
@@ -1244,6 +1394,8 @@ class EtlGate:
                     f"etlverify: warning: {exc}; measuring in windows of {layout.window_s:g} s"
                 )
             self.workers = {}
+            if not self.superseded:
+                self._supersede()
             # Custom attributes of parsed_options travel to workers in every spawn message,
             # which Locust sends right after this event.
             if parsed is not None:
@@ -1450,7 +1602,8 @@ class EtlGate:
             "user_classes": classes,
         }
 
-    def _collect_fingerprint(self) -> Fingerprint:
+    def _target_facts(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The target's /api/health/status and /api/flags bodies (None when not readable)."""
         status: dict[str, Any] | None = None
         flags: dict[str, Any] | None = None
         if self.host:
@@ -1463,9 +1616,30 @@ class EtlGate:
                                 status = resp.json()
                             else:
                                 flags = resp.json()
+        return status, flags
+
+    def _collect_fingerprint(self) -> Fingerprint:
+        status, flags = self._target_facts()
         self.target_status = status
-        fp = Fingerprint.collect(status=status, flags=flags)
+        fp = Fingerprint.collect(status=status, flags=flags, target_config=self._target_config_id())
         return replace(fp, load=self._load_json())
+
+    def _target_config(self) -> dict[str, Any]:
+        """What the target is configured with, as far as the gate knows (machine baseline key):
+        the embedded reference's version and the suite's config overrides, else the URL."""
+        if self.embedded:
+            return {
+                "target": "embedded reference",
+                "version": __version__,
+                "overrides": overrides_digest(),
+            }
+        return {"target": self.host}
+
+    def _target_config_id(self) -> str | None:
+        """The fingerprint's `target_config`: known for the embedded target only (as pytest's)."""
+        if not self.embedded:
+            return None
+        return f"embedded reference {__version__}, suite overrides {overrides_digest()}"
 
     # --- the verdict -------------------------------------------------------------------------
 
@@ -1499,7 +1673,10 @@ class EtlGate:
 
         A run that is rate limited (429 answers) or incomplete (interrupted, a worker's final
         report missing, worker reports dropped) is not compared with the baseline: it prints why
-        and exits 5 or 4, and its summary's verdict is INCOMPLETE with the reason.
+        and exits 5 or 4, and its summary's verdict is INCOMPLETE with the reason. With this
+        machine's baseline holding fewer than `MACHINE_RUNS` runs, the run is recorded into it
+        instead (`_judge_first_use`). A baseline that is not comparable (another load plan, other
+        hardware, another target configuration) judges nothing relative (`_comparable`).
         """
         assert self.options is not None
         opts = self.options
@@ -1507,27 +1684,34 @@ class EtlGate:
             return self._judge_unstarted()
         end = self.stopped_wall or time.time()
         run = self.run_result(end)
-        fingerprint = self.fingerprint or replace(Fingerprint.collect(), load=self._load_json())
-        runner = self.environment.runner if self.environment is not None else None
-        failures = self.rec.failures
-        if runner is not None:
-            failures = max(failures, int(runner.stats.total.num_failures))
-        exceptions = len(getattr(runner, "exceptions", {}) or {})
+        fingerprint = self.fingerprint or replace(
+            Fingerprint.collect(target_config=self._target_config_id()), load=self._load_json()
+        )
+        failures, exceptions = self._failure_counts()
         findings = _Findings(incomplete=self._incomplete_reasons(end))
         findings.rate_lines, findings.rate_json = self._rate_limit_report()
-        comparison: Comparison | None = None
-        if self.baseline is not None and not findings.unjudged:
-            comparison = compare(
-                self.baseline,
-                run,
-                opts.specs,
-                alpha=opts.alpha,
-                environment=fingerprint,
-                triggers=opts.triggers,
-            )
         messages: list[str] = []
+        if opts.machine:
+            messages += self._find_machine_baseline()
+            if not opts.record and self._recorded_runs() < MACHINE_RUNS:
+                return self._judge_first_use(
+                    run, fingerprint, findings, (failures, exceptions), messages
+                )
+        comparison: Comparison | None = None
+        not_comparable: str | None = None
+        if self.baseline is not None and not findings.unjudged:
+            comparison, not_comparable = _comparable(
+                compare(
+                    self.baseline,
+                    run,
+                    opts.specs,
+                    alpha=opts.alpha,
+                    environment=fingerprint,
+                    triggers=opts.triggers,
+                )
+            )
         self.out("")
-        self.out(f"etlverify: performance gate, baseline {opts.baseline}")
+        self.out(f"etlverify: performance gate, baseline {self._baseline_text()}")
         for line in findings.rate_lines:
             self.out(line)
         for reason in findings.incomplete:
@@ -1540,6 +1724,13 @@ class EtlGate:
         elif comparison is not None:
             for line in comparison.format().splitlines():
                 self.out(line)
+            if not_comparable is not None:
+                self.out(
+                    f"etlverify: NOT COMPARABLE: {not_comparable}: every relative check is "
+                    "INCONCLUSIVE and the relative rollback triggers are NOT JUDGED (the absolute "
+                    "ones still apply); judge with a baseline of this load plan on this machine "
+                    f"(--etl-baseline {MACHINE}, or one recorded with --etl-record FILE)"
+                )
         verdict = comparison.verdict if comparison is not None else None
         code = EXIT_PASS
         if findings.rate_lines:
@@ -1557,13 +1748,11 @@ class EtlGate:
                     "--etl-inconclusive-exit makes it exit 4"
                 )
         if failures or exceptions:
-            rate_limited = self.rec.rate_limits.total
-            of_which = f" ({rate_limited} of them answered 429)" if rate_limited else ""
-            messages.append(
-                f"{failures} failed requests{of_which}, {exceptions} user exceptions in this run"
-            )
+            messages.append(self._failure_text(failures, exceptions))
         recorded: dict[str, Any] | None = None
         if opts.record:
+            target = self.baseline_path
+            assert target is not None
             refusal = None
             if findings.rate_lines:
                 refusal = "the target rate-limited the load generator (429)"
@@ -1574,19 +1763,21 @@ class EtlGate:
             elif verdict is Verdict.FAIL:
                 refusal = "the verdict is FAIL"
             if refusal is not None:
-                messages.append(f"refusing to record into {opts.baseline}: {refusal}")
+                messages.append(f"refusing to record into {target}: {refusal}")
                 if not findings.unjudged:  # 4 and 5 say more than "refused"
                     code = EXIT_FAIL
             else:
                 try:
-                    stored = record(opts.baseline, run, environment=fingerprint)
+                    stored = record(
+                        target, run, environment=fingerprint, append=self.baseline is not None
+                    )
                 except BaselineError as exc:
                     messages.append(f"--etl-record: {exc}")
                     code = EXIT_USAGE
                 else:
-                    recorded = {"path": str(opts.baseline), "runs": len(stored.runs)}
+                    recorded = {"path": str(target), "runs": len(stored.runs)}
                     messages.append(
-                        f"recorded this run into {opts.baseline} (run {len(stored.runs)} of "
+                        f"recorded this run into {target} (run {len(stored.runs)} of "
                         f"{len(stored.runs)})"
                     )
                     code = EXIT_PASS
@@ -1601,14 +1792,191 @@ class EtlGate:
             messages=messages,
             recorded=recorded,
             findings=findings,
+            reasons=[] if not_comparable is None else [f"not comparable: {not_comparable}"],
+            comparable=None if comparison is None else not_comparable is None,
         )
         return code
 
+    def _judge_first_use(
+        self,
+        run: RunResult,
+        fingerprint: Fingerprint,
+        findings: _Findings,
+        errors: tuple[int, int],
+        messages: list[str],
+    ) -> int:
+        """This machine's baseline holds fewer than `MACHINE_RUNS` runs: record this one into it.
+
+        A recording run is INCOMPLETE, never PASS, and exits 0: it is not a failure. Its relative
+        checks and triggers are not judged (there is nothing comparable yet); the absolute
+        rollback triggers are, and one that fires makes it FAIL (exit 1), not recorded. Like the
+        pytest side's first use, a run that was rate limited, incomplete, or had failed requests
+        or user exceptions is not recorded (a baseline measured then would flatter every later
+        run); the next run tries again.
+        """
+        assert self.options is not None
+        path = self.baseline_path
+        assert path is not None
+        failures, exceptions = errors
+        this_run = self._recorded_runs() + 1
+        judged_from = MACHINE_RUNS + 1
+        not_judged = (
+            f"this run is recorded into this machine's baseline (run {this_run} of "
+            f"{MACHINE_RUNS}); relative checks are judged from run {judged_from} on"
+        )
+        triggers = tuple(
+            _not_judged(t, not_judged) if t.name in RELATIVE_TRIGGERS else t
+            for t in evaluate_triggers({}, run, self.options.triggers)
+        )
+        self.out("")
+        self.out(f"etlverify: performance gate, baseline {self._baseline_text()}")
+        for line in findings.rate_lines:
+            self.out(line)
+        for reason in findings.incomplete:
+            self.out(f"INCOMPLETE: {reason}")
+        reasons: list[str] = []
+        recorded: dict[str, Any] | None = None
+        verdict = "INCOMPLETE"
+        if findings.unjudged:
+            self.out(
+                "etlverify: no baseline verdict: this run is not a performance verdict on the "
+                "service"
+            )
+            code = EXIT_RATE_LIMITED if findings.rate_lines else EXIT_INCOMPLETE
+            messages.append(f"not recorded into this machine's baseline ({path})")
+        else:
+            for trigger in triggers:
+                if trigger.name not in RELATIVE_TRIGGERS:
+                    self.out(trigger.line())
+            if any(t.fired for t in triggers):
+                code, verdict = EXIT_FAIL, "FAIL"
+                messages.append(
+                    f"not recorded into this machine's baseline ({path}): a rollback trigger fired"
+                )
+            elif failures or exceptions:
+                code = EXIT_INCOMPLETE
+                reasons.append(
+                    f"this machine's baseline was not recorded: {failures} failed requests and "
+                    f"{exceptions} user exceptions in this run (a baseline is measured without "
+                    "errors); the next run without them records it"
+                )
+                self.out(f"INCOMPLETE: {reasons[-1]}")
+            else:
+                code, line, recorded = self._record_machine_run(run, fingerprint, path)
+                reasons.append(line)
+                self.out(f"{'etlverify' if code == EXIT_PASS else 'INCOMPLETE'}: {line}")
+        if failures or exceptions:
+            messages.append(self._failure_text(failures, exceptions))
+        for message in messages:
+            self.out(f"etlverify: {message}")
+        self.out(f"etlverify: exit code {code}")
+        self._write_summary(
+            run=run,
+            comparison=None,
+            fingerprint=fingerprint,
+            code=code,
+            messages=messages,
+            recorded=recorded,
+            findings=findings,
+            verdict=verdict,
+            reasons=reasons,
+            triggers=triggers,
+        )
+        return code
+
+    def _record_machine_run(
+        self, run: RunResult, fingerprint: Fingerprint, path: Path
+    ) -> tuple[int, str, dict[str, Any] | None]:
+        """Append `run` to this machine's baseline: (exit code, the one line, `recorded`)."""
+        try:
+            # A cache file that could not be read is replaced (it is a cache, not reviewed data).
+            stored = record(path, run, environment=fingerprint, append=self.baseline is not None)
+        except BaselineError as exc:
+            return EXIT_INCOMPLETE, f"this machine's baseline was not recorded: {exc}", None
+        except OSError as exc:
+            why = exc.strerror or "cannot write"
+            return EXIT_INCOMPLETE, f"this machine's baseline was not recorded: {path}: {why}", None
+        runs = len(stored.runs)
+        line = (
+            f"recording this machine's baseline, run {runs} of {MACHINE_RUNS} "
+            f"({len(run.metrics)} metrics, {self._check_count(run)} checks measured; judged "
+            f"from run {MACHINE_RUNS + 1} on): {path}"
+        )
+        recorded = {
+            "path": str(path),
+            "runs": runs,
+            "machine": True,
+            "judged_from_run": MACHINE_RUNS + 1,
+        }
+        return EXIT_PASS, line, recorded
+
+    def _find_machine_baseline(self) -> list[str]:
+        """Look up this machine's baseline for this target and load plan in the cache (sets
+        `baseline_path` and `baseline`); warning messages, if any."""
+        path = machine_baseline_path(self._target_config(), self._load_json())
+        self.baseline_path, self.baseline = path, None
+        if not path.exists():
+            return []
+        try:
+            self.baseline = load(path)
+        except BaselineError as exc:
+            return [f"warning: {exc}; this machine's baseline is recorded afresh"]
+        return []
+
+    def _recorded_runs(self) -> int:
+        """Runs in the baseline: Locust records a run whole, so each is one entry of `runs`
+        (unlike the pytest side's per-group first uses, `etlverify.baseline.machine`)."""
+        return len(self.baseline.runs) if self.baseline is not None else 0
+
+    def _check_count(self, run: RunResult) -> int:
+        """How many metric checks the tolerance specs make of `run` (what will be judged)."""
+        assert self.options is not None
+        specs = parse_specs(self.options.specs)
+        stats = list(dict.fromkeys(s.stat for s in specs))
+        return sum(
+            1 for metric in run.metrics for stat in stats if resolve_spec(specs, metric, stat)
+        )
+
+    def _baseline_text(self) -> str:
+        """The baseline for the verdict's header line."""
+        assert self.options is not None
+        if self.options.machine:
+            return f"this machine's ({self.baseline_path})"
+        return str(self.baseline_path or self.options.baseline)
+
+    def _failure_counts(self) -> tuple[int, int]:
+        """(failed requests, user exceptions) of the run, from the gate and Locust's stats."""
+        assert self.rec is not None
+        runner = self.environment.runner if self.environment is not None else None
+        failures = self.rec.failures
+        if runner is not None:
+            failures = max(failures, int(runner.stats.total.num_failures))
+        return failures, len(getattr(runner, "exceptions", {}) or {})
+
+    def _failure_text(self, failures: int, exceptions: int) -> str:
+        assert self.rec is not None
+        rate_limited = self.rec.rate_limits.total
+        of_which = f" ({rate_limited} of them answered 429)" if rate_limited else ""
+        return f"{failures} failed requests{of_which}, {exceptions} user exceptions in this run"
+
     def _judge_unstarted(self) -> int:
+        """No test was started. From the web UI (no --headless, no --autostart) nothing was
+        written yet, and nothing is: an earlier run's summary stays its evidence. A headless run
+        has replaced it already, so its summary says so, with the target's identity."""
         reason = "no test was started: nothing to judge"
+        path = self.summary_path or Path(DEFAULT_SUMMARY)
+        if not self.superseded:
+            self.out(
+                f"etlverify: INCOMPLETE: {reason} ({path} is left as it was: this process "
+                "wrote no evidence)"
+            )
+            self.out(f"etlverify: exit code {EXIT_INCOMPLETE}")
+            return EXIT_INCOMPLETE
         self.out(f"etlverify: INCOMPLETE: {reason}")
         self.out(f"etlverify: exit code {EXIT_INCOMPLETE}")
-        path = self.summary_path or Path(DEFAULT_SUMMARY)
+        if self.target_status is None:
+            # the identity names the target it did not test, as every other summary does
+            self.target_status = self._target_facts()[0]
         try:
             _write_json_atomic(
                 path, self._bare_summary(code=EXIT_INCOMPLETE, reason=reason, finished=True)
@@ -1744,7 +2112,13 @@ class EtlGate:
         messages: list[str],
         recorded: dict[str, Any] | None,
         findings: _Findings,
+        verdict: str | None = None,
+        reasons: Sequence[str] = (),
+        triggers: Sequence[TriggerResult] | None = None,
+        comparable: bool | None = None,
     ) -> None:
+        """Write the summary; `verdict`, `reasons` and `triggers` override what `comparison` and
+        `findings` say (a recording run has no comparison, its verdict is INCOMPLETE)."""
         assert self.options is not None
         assert self.rec is not None
         measured = []
@@ -1764,15 +2138,23 @@ class EtlGate:
                 }
             )
         cmp_json = comparison.to_json() if comparison is not None else {}
-        reasons = ([findings.rate_json["line"]] if findings.rate_json else []) + findings.incomplete
+        why = (
+            ([findings.rate_json["line"]] if findings.rate_json else [])
+            + findings.incomplete
+            + list(reasons)
+        )
+        if verdict is None:
+            verdict = "INCOMPLETE" if findings.unjudged else cmp_json.get("verdict")
         summary = {
             "schema_version": SUMMARY_SCHEMA_VERSION,
-            "verdict": "INCOMPLETE" if findings.unjudged else cmp_json.get("verdict"),
+            "verdict": verdict,
             "exit_code": code,
-            "reason": reasons[0] if reasons else None,
-            "incomplete": reasons,
+            "reason": why[0] if why else None,
+            "incomplete": why,
             "rate_limited": findings.rate_json,
-            "baseline": str(self.options.baseline),
+            "baseline": str(self.baseline_path or self.options.baseline_label),
+            "baseline_source": MACHINE if self.options.machine else "file",
+            "comparable": comparable,
             "tolerance": self.options.tolerance_text,
             "alpha": self.options.alpha,
             "response_time_trigger": {
@@ -1781,9 +2163,17 @@ class EtlGate:
                 "stat": self.options.triggers.response_time_stat,
             },
             "metrics": cmp_json.get("results", []),
-            "triggers": cmp_json.get("triggers", []),
+            "triggers": (
+                cmp_json.get("triggers", [])
+                if triggers is None
+                else [t.to_json() for t in triggers]
+            ),
             "environment": cmp_json.get("environment", []),
-            "rollback": cmp_json.get("rollback", False),
+            "rollback": (
+                cmp_json.get("rollback", False)
+                if triggers is None
+                else any(t.fired for t in triggers)
+            ),
             "fingerprint": fingerprint.to_json(),
             "measured": measured,
             "workers": [w.to_json() for w in self.workers.values()],

@@ -640,3 +640,112 @@ def test_a_killed_worker_makes_the_run_incomplete_naming_it(
     assert "refusing to record" in run.stdout
     assert not baseline.exists(), "an incomplete run is never recorded"
     assert "Traceback" not in run.stdout
+
+
+# --- which baseline: this machine's by default, and one that is not comparable -----------------
+
+
+def test_default_baseline_is_this_machines_recorded_on_first_use(tmp_path: Path) -> None:
+    """Issue 14 item 3: locust.conf's default baseline is this machine's. With an empty cache the
+    run records run 1 of 3 into it, says so in one line, exits 0 and is INCOMPLETE (never PASS).
+    The runs after it are judged in-process in test_locust_baseline.py."""
+    cache = tmp_path / "cache"
+    run = run_locust(tmp_path, SHORT, env={"ETLPLUS_BASELINE_CACHE": str(cache)})
+    assert run.code == 0, run.stdout + run.stderr
+    files = list(cache.glob("*.json"))
+    assert len(files) == 1, run.stdout
+    mentions = [line for line in run.stdout.splitlines() if "recording this machine's" in line]
+    assert len(mentions) == 1, run.stdout
+    assert re.fullmatch(
+        r"etlverify: recording this machine's baseline, run 1 of 3 \(\d+ metrics, \d+ checks "
+        r"measured; judged from run 4 on\): " + re.escape(str(files[0])),
+        mentions[0],
+    ), mentions[0]
+    assert not re.search(r"^(PASS|FAIL|INCONCLUSIVE) ", run.stdout, re.MULTILINE), run.stdout
+    summary = run.summary
+    assert summary["verdict"] == "INCOMPLETE"
+    assert summary["exit_code"] == 0
+    assert summary["reason"] == mentions[0].removeprefix("etlverify: ")
+    assert summary["baseline"] == str(files[0])
+    assert summary["recorded"]["runs"] == 1
+    assert len(load(files[0]).runs) == 1
+    assert load(files[0]).environment.cpu_model is not None
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_a_baseline_of_another_load_plan_judges_nothing_relative(
+    recorded: Path, tmp_path: Path
+) -> None:
+    """Issue 16: -t 12s against a baseline recorded with -t 18s, with +30 ms injected on every job
+    route (a relative rollback trigger would fire on a comparable baseline): not comparable,
+    relative triggers NOT JUDGED, exit 0 (4 with --etl-inconclusive-exit), never 1."""
+    run = run_locust(
+        tmp_path,
+        [
+            "-t",
+            "12s",
+            "--etl-warmup",
+            "2",
+            "--etl-windows",
+            "8",
+            "--etl-baseline",
+            str(recorded),
+            "--etl-inject-latency-ms",
+            "30",
+            "--etl-inconclusive-exit",
+        ],
+    )
+    assert run.code == 4, run.stdout + run.stderr
+    notes = [line for line in run.stdout.splitlines() if line.startswith("etlverify: NOT COMP")]
+    assert len(notes) == 1, run.stdout
+    assert "another load plan (duration_s: baseline 18.0, this run 12.0)" in notes[0]
+    assert not re.search(r"^(FAIL|FIRED) ", run.stdout, re.MULTILINE), run.stdout
+    summary = run.summary
+    assert summary["verdict"] == "INCONCLUSIVE"
+    assert summary["comparable"] is False
+    assert summary["reason"].startswith("not comparable: baseline recorded with another load")
+    states = {t["name"]: t for t in summary["triggers"]}
+    for name in ("response_time_degradation", "error_rate_increase"):
+        assert states[name]["state"] == "UNKNOWN"
+        assert states[name]["reason"].startswith("NOT JUDGED: the baseline is not comparable")
+    assert states["unavailability"]["state"] == "CLEAR"
+    assert any("as measured it would be FAIL" in m["reason"] for m in summary["metrics"])
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_web_ui_closed_without_a_test_keeps_the_earlier_summary(tmp_path: Path) -> None:
+    """Issue 14 item 3: the web UI opened and quit (SIGTERM) before any test started writes no
+    summary: the earlier run's evidence stays as it was."""
+    summary = tmp_path / "summary.json"
+    stale_summary(summary)
+    before = summary.read_text(encoding="utf-8")
+    port = free_port()
+    args = ["--web-host", "127.0.0.1", "--web-port", str(port), "--etl-baseline", "machine"]
+    proc = subprocess.Popen(
+        locust_cmd(summary, args, headless=False),
+        cwd=tmp_path,
+        env=locust_env({"ETLPLUS_BASELINE_CACHE": str(tmp_path / "cache")}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ui_status = None
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ui_status = httpx.get(f"http://127.0.0.1:{port}/", timeout=2.0).status_code
+            break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    assert summary.read_text(encoding="utf-8") == before, "opening the UI writes nothing"
+    proc.send_signal(signal.SIGTERM)
+    run = finish(proc, summary, timeout=60)
+    assert ui_status == 200, run.stdout + run.stderr
+    assert run.code == 4, run.stdout + run.stderr
+    assert summary.read_text(encoding="utf-8") == before
+    assert (
+        f"etlverify: INCOMPLETE: no test was started: nothing to judge ({summary} is left as it "
+        "was: this process wrote no evidence)"
+    ) in run.stdout
+    assert not (tmp_path / "cache").exists(), "nothing recorded"
+    assert "Traceback" not in run.stdout + run.stderr

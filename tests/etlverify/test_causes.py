@@ -110,3 +110,68 @@ def test_blocking_items_point_at_their_findings() -> None:
     assert (
         folded.text == "failed - Verify WebSocket real-time updates (1 check(s); primary finding 1)"
     )
+
+
+REFUSED = (
+    'performance: POST /api/jobs answered 400 \'{"status":"error","code":"validation_error",'
+    '"message":"target_config: unknown sink"}\'; the job read under load could not be created'
+)
+
+
+def test_http_answers_are_filed_under_http_never_as_lost_connections() -> None:
+    facts = [
+        _fact("t.py::test_a", "http", REFUSED, 1.0),
+        # as an older classifier filed it: a TargetError without a kind was "transport"
+        _fact("t.py::test_b", "transport", REFUSED, 2.0),
+        _fact("t.py::test_c", "http", "login failed: HTTP 401 application/json: {}", 3.0),
+        _fact("t.py::test_d", "transport", "GET /api/jobs: no response within 10 s", 4.0),
+        _fact(
+            "t.py::test_e",
+            "transport",
+            "GET /x: timed out on a keep-alive connection reused after an HTTP 400 answer",
+            5.0,
+        ),
+    ]
+    causes = {c.kind: c for c in diagnose(facts)}
+    assert set(causes) == {"http", "transport"}
+    http = causes["http"]
+    assert http.checks == ("t.py::test_a", "t.py::test_b", "t.py::test_c")
+    assert http.sentence == (
+        "3 check(s) got an HTTP answer they could not go on from (HTTP 400 "
+        "validation_error x2, HTTP 401; first in test_a)"
+    )
+    lost = causes["transport"]
+    assert lost.checks == ("t.py::test_d", "t.py::test_e")
+    assert "lost their connection" in lost.sentence
+    assert not any("validation_error" in line for line in lost.lines)
+
+
+def test_a_refused_request_that_blocks_a_section_is_one_finding_first() -> None:
+    block = {
+        "kind": "section-blocked",
+        "section": "performance",
+        "request": "POST /api/jobs",
+        "status": 400,
+        "code": "validation_error",
+        "message": "target_config: unknown sink",
+        "check": "test_response_times_within_baseline",
+        "at_epoch": 1_796_624_010.0,
+    }
+    facts = [
+        # a contract violation found before it, and one after
+        _fact("t.py::test_route", "contract", "GET /nope answered HTTP 500", 1.0),
+        *[
+            _fact(f"perf.py::test_p{i}", "section-blocked", "refused", 10.0 + i, event=block)
+            for i in range(8)
+        ],
+        _fact("t.py::test_late", "contract", "GET /late answered HTTP 500", 30.0),
+    ]
+    causes = diagnose(facts)
+    assert causes[0].kind == "section-blocked"
+    assert causes[0].sentence == (
+        "job creation refused: POST /api/jobs answered 400 validation_error (target_config: "
+        "unknown sink); the performance section (8 checks) could not run"
+    )
+    assert causes[0].first_check == "test_response_times_within_baseline"
+    assert causes[0].consequences == 7
+    assert [c.kind for c in causes[1:]] == ["contract", "contract"]

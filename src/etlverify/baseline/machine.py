@@ -13,6 +13,10 @@ Python version, the target configuration (for the embedded target: the reference
 the suite's config overrides) and the load plan. Any of them changing gives another file, so a
 baseline from other hardware or another configuration is never picked up by accident; a stale one
 is removed by deleting the file (or the whole cache directory).
+
+A machine baseline is recorded one measurement group at a time (each group's first-use measurement
+is stored as a recorded run of its own), so the file's ``runs`` list counts groups times runs:
+`recorded_runs` counts runs, the way a person does.
 """
 
 from __future__ import annotations
@@ -28,19 +32,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    from etlverify.baseline.store import Baseline
 
 __all__ = [
     "CACHE_ENV",
+    "MACHINE_RUNS",
     "cache_dir",
     "cpu_model",
     "host_identity",
     "machine_baseline_path",
     "machine_key",
+    "recorded_runs",
 ]
 
 #: Environment variable that overrides the cache directory (tests and CI point it at a temp dir).
 CACHE_ENV = "ETLPLUS_BASELINE_CACHE"
+#: A machine baseline judges once it holds this many runs (pytest and Locust alike): one run's
+#: windows cannot show how much whole runs vary on a machine (baselines/README.md). Measured on a
+#: 2-core host: `pytest -m post_deploy` on the unchanged reference, judged against a one-run
+#: baseline, read every key route +14% to +27% slower in 3 of 5 runs, a whole run slower, not a
+#: window; against three runs recorded at different times, 2 of 2 PROMOTE.
+MACHINE_RUNS = 3
 
 
 @functools.cache
@@ -110,3 +124,22 @@ def machine_baseline_path(
     """The cache file of the machine baseline for this target configuration and load."""
     ident = host if host is not None else host_identity()
     return cache_dir(env) / f"{machine_key(ident, target_config, load)}.json"
+
+
+def recorded_runs(baseline: Baseline, metrics: Callable[[str], bool] | None = None) -> int:
+    """How many runs `baseline` holds: the most recorded runs any one metric has windows from
+    (only the metrics `metrics` accepts, when given).
+
+    Not ``len(baseline.runs)``: a machine baseline stores each measurement group's first use as a
+    recorded run of its own, so three `pytest -m post_deploy` runs leave twelve entries there
+    (routes, users, pool and WebSocket, three times); each metric still has windows from three.
+    For a baseline recorded whole (``--baseline-record``) both counts are the same.
+    """
+    return max(
+        (
+            len({w.run for w in result.windows})
+            for name, result in baseline.metrics.items()
+            if metrics is None or metrics(name)
+        ),
+        default=0,
+    )

@@ -19,6 +19,12 @@ Pipeline (pytest-benchmark's measure -> store -> compare, with our statistics):
    of (first use) is measured once and that measurement is added to the cache as a run of this
    machine's baseline; its checks are INCONCLUSIVE for this run, and from the run after the
    third on they are judged against the three (whole runs vary more than one run's windows).
+   Such a run says so once (`PerfCollector.first_use_line`: "recording this machine's baseline,
+   run 1 of 3 (...; judged from run 4 on)"), not once per statistic; the per-metric verdicts are
+   in summary.json, and `etlverify baseline record` records the missing runs at once. A request
+   a measurement needs that the target refuses with an HTTP answer (the probe job's POST
+   /api/jobs answered 400) blocks the whole section: every check fails with one `SectionBlocked`
+   naming the answer, which the verdict leads with, not a lost connection per check.
 4. *Judge*: the measured groups are compared with the baseline in one `compare()` call
    (`PerfCollector.judge`, again when a group was added: a metric's verdict depends only on its own
    windows). Each test reports its own slice of the verdicts (`PerfCollector.report`): FAIL lines
@@ -64,12 +70,16 @@ from etlverify.baseline import (
     parse_specs,
     record,
 )
-from etlverify.baseline.machine import cache_dir, machine_baseline_path
+from etlverify.baseline.machine import MACHINE_RUNS, cache_dir, machine_baseline_path
+from etlverify.baseline.machine import recorded_runs as baseline_runs
 from etlverify.embedded import describe_overrides, overrides_digest
 from etlverify.errors import CheckFailed, TargetError
 from etlverify.measure import ClosedLoad, LoadParameters, MetricResult, OpenLoad, RunResult
 from etlverify.pytest_plugin.markers import checklist_ids
 from etlverify.pytest_plugin.options import get_settings
+from etlverify.pytest_plugin.targethealth import SectionBlocked
+from etlverify.report.causes import SECTION_BLOCKED, http_answer, refusal_text
+from etlverify.report.perfdata import FIRST_USE_MARK
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -111,19 +121,22 @@ DEFAULT_TOLERANCE = "p50:10%,+2sd; p95:10%,+3sd; throughput:-10%,-2sd; error_rat
 MACHINE = "machine"
 #: Progress phase of a group measured for a machine baseline that lacks it.
 FIRST_USE_PHASE = "measuring (first use: recording this machine's baseline)"
-#: A machine baseline judges a group once it holds this many runs of it; until then each run's
-#: measurement is added to it (INCONCLUSIVE). One run cannot show how much whole runs vary on a
-#: machine: on this 2-core host, `pytest -m post_deploy` on the unchanged reference, judged
-#: against a one-run baseline, read every key route +14% to +27% slower in 3 of 5 runs (DO NOT
-#: PROMOTE) with every window beyond the baseline's (Mann-Whitney p = 0.008): a whole run, not a
-#: window, was slower, and only runs recorded at different times show that in the baseline.
-MACHINE_RUNS = 3
-#: The verdict reason of a first-use group's metrics (INCONCLUSIVE).
+#: The verdict reason of a first-use group's metrics (INCONCLUSIVE), one per metric in
+#: summary.json; people read it once, as `PerfCollector.first_use_line`.
 FIRST_USE_REASON = (
     "first use ({k} of {n} runs): this measurement was recorded into this machine's baseline "
     "({path}); there is no earlier baseline to compare it with until {n} runs are recorded (one "
     "run cannot show how much whole runs vary on this machine)"
 )
+#: ... and at the last of the first-use runs, when the baseline is complete with this one.
+FIRST_USE_COMPLETE_REASON = (
+    "first use ({k} of {n} runs): this measurement was recorded into this machine's baseline "
+    "({path}), which is now complete: judging starts with the next run"
+)
+#: (A first-use run is said once, as `PerfCollector.first_use_line`, which starts with
+#: `FIRST_USE_MARK`: the sign-off folds the per-metric and per-item findings into that line.)
+#: The report header's line about this machine's baseline: this, the file, ": K of 3 runs ...".
+MACHINE_STATE_PREFIX = "performance: this machine's baseline "
 #: A first-use measurement with more than this share of requests sent late (the open-model
 #: sender could not keep to its schedule: an overloaded host) is not recorded as the baseline.
 MAX_CALIBRATION_LATE = 0.05
@@ -246,6 +259,7 @@ def resolve_perf_settings(
     base_url: str | None,
     rootdir: Path,
     invocation_dir: Path,
+    default_rate_rps: float = DEFAULT_RATE_RPS,
 ) -> PerfSettings:
     """Resolve the performance options (CLI -> env -> ini -> default); `_UsageError` if bad.
 
@@ -298,7 +312,7 @@ def resolve_perf_settings(
     rate = _positive(
         "perf-rate",
         _pick("perf-rate", cli.get("perf_rate"), env, ini),
-        DEFAULT_RATE_RPS,
+        default_rate_rps,
         "requests per second",
     )
     blocks = _flag(_pick("inconclusive-blocks", cli.get("inconclusive_blocks"), env, ini))
@@ -423,6 +437,11 @@ def group_of(metric: str) -> str:
     return "routes"
 
 
+def _group_runs(baseline: Baseline, group: str) -> int:
+    """How many recorded runs `baseline` holds of measurement group `group`."""
+    return baseline_runs(baseline, lambda metric: group_of(metric) == group)
+
+
 def _diff(base: Any, current: Any, where: str) -> list[str]:
     """Leaf differences between two JSON values, as `where: baseline X, this run Y`."""
     if isinstance(base, dict) and isinstance(current, dict):
@@ -530,6 +549,8 @@ class PerfCollector:
         self.calibration_problems: dict[str, str] = {}
         #: groups whose measurement raised (a hung or broken target): later tests fail at once
         self.measure_errors: dict[str, str] = {}
+        #: a request the section needs was refused (`_refused`): every later test fails with it
+        self.section_block: dict[str, Any] | None = None
         self.target_config = self._target_config()
         if settings.machine:
             path = machine_baseline_path(self.target_config, self.plan.fingerprint_load())
@@ -608,15 +629,21 @@ class PerfCollector:
         first = self.baseline.runs[0].recorded_at if self.baseline.runs else ""
         when = _utc_stamp(self.baseline.recorded_at if self.calibrated else first)
         if self.settings.machine:
+            k = self.first_use_run()
             how = (
                 f"first use: {', '.join(self.calibrated)} recorded from this run "
-                f"({min(self.recorded_runs(g) for g in self.calibrated)} of {MACHINE_RUNS} runs), "
-                f"judged once {MACHINE_RUNS} are recorded"
+                f"({k} of {MACHINE_RUNS} runs), "
+                + (
+                    "the baseline is now complete: judging starts with the next run"
+                    if k >= MACHINE_RUNS
+                    else f"judged once {MACHINE_RUNS} are recorded"
+                )
                 if self.calibrated
                 else "cached"
             )
             return f"baseline recorded on this machine on {when} ({how}; {self.baseline_path})"
-        return f"baseline {self.baseline_path} (recorded {when}, {len(self.baseline.runs)} run(s))"
+        runs = baseline_runs(self.baseline)
+        return f"baseline {self.baseline_path} (recorded {when}, {runs} run(s))"
 
     # measuring ----------------------------------------------------------------------------------
 
@@ -635,19 +662,109 @@ class PerfCollector:
         """How many recorded runs the baseline holds of `group`."""
         if self.baseline is None:
             return 0
-        return len(
-            {
-                w.run
-                for m, r in self.baseline.metrics.items()
-                if group_of(m) == group
-                for w in r.windows
-            }
-        )
+        return _group_runs(self.baseline, group)
+
+    def first_use_run(self) -> int:
+        """Which of the `MACHINE_RUNS` first-use runs this one is (its groups' fewest runs)."""
+        return min((self.recorded_runs(g) for g in self.calibrated), default=1)
 
     def first_use_reason(self) -> str:
         """Why this run's first-use groups are INCONCLUSIVE (with how many runs are recorded)."""
-        k = min((self.recorded_runs(g) for g in self.calibrated), default=1)
-        return FIRST_USE_REASON.format(path=self.baseline_path, k=k, n=MACHINE_RUNS)
+        k = self.first_use_run()
+        reason = FIRST_USE_COMPLETE_REASON if k >= MACHINE_RUNS else FIRST_USE_REASON
+        return reason.format(path=self.baseline_path, k=k, n=MACHINE_RUNS)
+
+    def machine_state(self) -> str:
+        """One header line: this machine's baseline file and how many runs it holds
+        (``etlverify baseline record`` reads it from a ``--collect-only`` run)."""
+        path = self.baseline_path
+        if path is None or not path.exists():
+            return (
+                f"{MACHINE_STATE_PREFIX}{path}: 0 of {MACHINE_RUNS} runs recorded, "
+                f"judged from run {MACHINE_RUNS + 1} on"
+            )
+        try:
+            baseline = load(path)
+        except BaselineError:
+            return f"{MACHINE_STATE_PREFIX}{path}: unreadable, recorded again on the next run"
+        counts = {g: _group_runs(baseline, g) for g in GROUPS}
+        k = min(counts.values())
+        state = f"{k} of {MACHINE_RUNS} runs recorded"
+        if len(set(counts.values())) > 1:
+            state += " (" + ", ".join(f"{g} {n}" for g, n in counts.items()) + ")"
+        later = "complete" if k >= MACHINE_RUNS else f"judged from run {MACHINE_RUNS + 1} on"
+        return f"{MACHINE_STATE_PREFIX}{path}: {state}, {later}"
+
+    def record_command(self) -> str:
+        """The command that records the rest of this machine's baseline now (the load is part
+        of the baseline's key: a run with another load records another baseline)."""
+        where = "" if self.settings.embedded else f" --base-url {self.settings.target_label}"
+        load = ""
+        if (self.settings.duration_s, self.settings.rate_rps) != (
+            DEFAULT_DURATION_S,
+            DEFAULT_RATE_RPS,
+        ):
+            load = (
+                f" -- --perf-duration {self.settings.duration_s:g} "
+                f"--perf-rate {self.settings.rate_rps:g}"
+            )
+        return f"etlverify baseline record{where}{load}"
+
+    def first_use_line(self, *, counts: bool = True) -> str:
+        """The one line a first-use run says (not once per metric): which run of the
+        `MACHINE_RUNS` this is, what was measured, when judging starts, how to record the rest.
+
+        `counts=False` leaves out what was measured (a test's skip reason, written before the
+        later groups are measured).
+        """
+        k, n = self.first_use_run(), MACHINE_RUNS
+        mine = [g for g in self.groups if g in self.calibrated]
+        which = "" if len(mine) == len(self.groups) else f" ({', '.join(mine)})"
+        measured = ""
+        if counts:
+            metrics = [m for g in mine for m in self.groups[g].metrics]
+            comparison = self.judge()
+            stats = [
+                r
+                for r in (comparison.results if comparison is not None else ())
+                if group_of(r.metric) in mine
+            ]
+            measured = f"{len(metrics)} metrics" + (
+                f", {len(stats)} statistics measured" if stats else " measured"
+            )
+        head = f"performance: {FIRST_USE_MARK}{which}, run {min(k, n)} of {n}"
+        if k >= n:
+            return (
+                head
+                + (f" ({measured})" if measured else "")
+                + ": the baseline is now complete; judging starts with the next run"
+            )
+        rest = f"run {k + 1}" if k + 1 == n else f"runs {k + 1}-{n}"
+        return (
+            head
+            + f" ({measured + '; ' if measured else ''}judged from run {n + 1} on); "
+            + f"to record {rest} now: {self.record_command()}"
+        )
+
+    def first_use_json(self) -> dict[str, Any] | None:
+        """The first-use facts of this run for summary.json (None when nothing was recorded)."""
+        if not self.calibrated and not self.calibration_problems:
+            return None
+        k = (
+            self.first_use_run()
+            if self.calibrated
+            else min(self.recorded_runs(g) for g in self.calibration_problems)
+        )
+        return {
+            "run": k,
+            "of": MACHINE_RUNS,
+            "complete": k >= MACHINE_RUNS,
+            "groups": list(self.calibrated),
+            "metrics": sum(len(self.groups[g].metrics) for g in self.calibrated),
+            "not_recorded": dict(self.calibration_problems),
+            "path": str(self.baseline_path),
+            "line": self.first_use_line() if self.calibrated else "",
+        }
 
     def group(self, request: pytest.FixtureRequest | None, name: str) -> GroupResult:
         """The measurements of group `name`, measured now if needed (with every needed group
@@ -660,6 +777,8 @@ class PerfCollector:
         spent: dict[str, float] = {}
         if name not in self.groups:
             for g in GROUPS[: GROUPS.index(name) + 1]:
+                if self.section_block is not None:
+                    raise SectionBlocked(self._blocked_message(), self.section_block)
                 if g in self.measure_errors:
                     # measured once and it broke: say so at once, do not wait for it again
                     raise TargetError(
@@ -670,9 +789,11 @@ class PerfCollector:
                     try:
                         spent[g] = self._measure(g)
                     except Exception as exc:
+                        text = str(exc).strip()
                         self.measure_errors[g] = (
-                            str(exc).splitlines()[0][:300] or type(exc).__name__
+                            text.splitlines()[0][:300] if text else "it ended without a message"
                         )
+                        self._refused(exc, g, request)
                         raise
         result = self.groups[name]
         if request is not None and spent:
@@ -686,6 +807,37 @@ class PerfCollector:
         if request is not None:
             self.check_rate_limit(request, result)
         return result
+
+    def _refused(
+        self, exc: BaseException, group: str, request: pytest.FixtureRequest | None
+    ) -> None:
+        """A measurement that could not start because the target refused a request it needs
+        (the probe job's POST /api/jobs answered 400): the whole section cannot run, which is
+        one finding, not a lost connection per check. Raises `SectionBlocked`; else returns."""
+        if not isinstance(exc, TargetError) or exc.kind:
+            return
+        answer = http_answer(str(exc))
+        if answer is None:
+            return
+        now = time.time()
+        self.section_block = {
+            "kind": SECTION_BLOCKED,
+            "section": "performance",
+            "group": group,
+            **answer,
+            "check": request.node.name if request is not None else "",
+            "at_epoch": round(now, 3),
+            "at": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        raise SectionBlocked(self._blocked_message(), self.section_block) from None
+
+    def _blocked_message(self) -> str:
+        block = self.section_block or {}
+        first = f" (first met in {block['check']})" if block.get("check") else ""
+        return (
+            f"performance: {refusal_text(block)}; the {block.get('group', 'routes')!r} "
+            f"measurement needs it, so no check of the performance section can run{first}"
+        )
 
     def _measure(self, group: str) -> float:
         if self.measurer is None:
@@ -905,6 +1057,16 @@ class PerfCollector:
         self._judged = measured
         return self.comparison
 
+    def format_comparison(self, comparison: Comparison) -> list[str]:
+        """`Comparison.format()`, with the first-use statistics said once (`first_use_line`)
+        instead of one line each: their verdicts are in summary.json."""
+        lines = comparison.format().splitlines()
+        if not self.calibrated:
+            return lines
+        first_use = {r.line() for r in comparison.results if group_of(r.metric) in self.calibrated}
+        kept = [line for line in lines[1:] if line not in first_use]
+        return [lines[0], self.first_use_line(), *kept]
+
     def triggers(self, groups: Sequence[str] = ("routes",)) -> tuple[TriggerResult, ...] | None:
         """The rollback triggers over the metrics of `groups` only (None without a baseline).
 
@@ -938,7 +1100,9 @@ class PerfCollector:
                 f"into {self.baseline_path} (--baseline-record); runs after it are compared with it"
             )
         if self.calibrated:
-            return "INCONCLUSIVE: " + self.first_use_reason()
+            return "INCONCLUSIVE: " + self.first_use_line(counts=False).removeprefix(
+                "performance: "
+            )
         if self.calibration_problems:
             group, why = next(iter(self.calibration_problems.items()))
             return (
@@ -1003,8 +1167,12 @@ class PerfCollector:
         mine = [
             r for r in comparison.results if metrics(r.metric) and (stats is None or stats(r.stat))
         ]
+        first_use = [v for v in mine if group_of(v.metric) in self.calibrated]
         for verdict in mine:
-            print(verdict.line())
+            if verdict not in first_use:
+                print(verdict.line())
+        if first_use:
+            print(self.first_use_line(counts=False))  # once, not once per statistic
         node.user_properties.append(
             (
                 "performance",
@@ -1024,25 +1192,30 @@ class PerfCollector:
         items = checklist_ids(node) if isinstance(node, pytest.Item) else ()
         if failed or (unsure and self.settings.inconclusive_blocks):
             bad = failed + (unsure if self.settings.inconclusive_blocks else [])
+            got = [v.line() for v in bad if v not in first_use]
+            if any(v in first_use for v in bad):
+                got.append(self.first_use_line(counts=False))
             raise CheckFailed(
                 check=node.name,
                 what=f"{what}: {len(bad)} of {len(mine)} verdicts against baseline {name!r} "
                 + ("FAIL" if failed else "INCONCLUSIVE (--inconclusive-blocks)"),
                 expected="every statistic within tolerance of the baseline: "
                 + "; ".join(str(s) for s in self.settings.specs),
-                got="\n          ".join(v.line() for v in bad),
+                got="\n          ".join(got),
                 items=items,
             )
         if unsure:
-            first = [v for v in unsure if group_of(v.metric) in self.calibrated]
-            lines = [v.line() for v in unsure if v not in first]
-            if first:
-                seen = ", ".join(f"{v.stat} {v.metric} {v._fmt(v.current)}" for v in first[:4])
-                lines.append(
-                    self.first_use_reason()
-                    + f" (measured: {seen}{', ...' if len(first) > 4 else ''})"
+            lines = [v.line() for v in unsure if v not in first_use]
+            reason = f"INCONCLUSIVE against baseline {name!r}: " + "; ".join(lines)
+            if first_use:
+                # said once; the item's reason starts with FIRST_USE_MARK (the sign-off folds it)
+                seen = ", ".join(f"{v.stat} {v.metric} {v._fmt(v.current)}" for v in first_use[:4])
+                said = (
+                    self.first_use_line(counts=False).removeprefix("performance: ")
+                    + f"; measured: {seen}{', ...' if len(first_use) > 4 else ''}"
                 )
-            pytest.skip(f"INCONCLUSIVE against baseline {name!r}: " + "; ".join(lines))
+                reason = f"INCONCLUSIVE: {said}" + (f"; {reason}" if lines else "")
+            pytest.skip(reason)
         if not mine:
             pytest.skip(f"baseline {name!r} has none of this test's metrics; record one")
         return mine
@@ -1111,10 +1284,10 @@ class PerfCollector:
             message = rate_limit_message(group)
             if message:
                 terminalreporter.line(f"RATE LIMITED {group.name}: {message}")
-        comparison = self.comparison or (self.judge() if self.groups else None)
+        comparison = self.judge() if self.groups else self.comparison
         if comparison is not None:
             terminalreporter.line(self.baseline_note())
-            for line in comparison.format().splitlines():
+            for line in self.format_comparison(comparison):
                 terminalreporter.line(line)
         elif self.groups and not self.settings.record:
             terminalreporter.line(self.no_baseline_reason())
@@ -1186,8 +1359,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="perf_rate",
         metavar="R",
         default=None,
-        help=f"route load arrival rate, requests/s over all routes (default "
-        f"{DEFAULT_RATE_RPS:g}) [env ETLPLUS_PERF_RATE]",
+        help=f"route load arrival rate, requests/s over all routes (default: the --profile's, "
+        f"{DEFAULT_RATE_RPS:g} for staging) [env ETLPLUS_PERF_RATE]",
     )
     group.addoption(
         "--inconclusive-blocks",
@@ -1237,6 +1410,7 @@ def pytest_configure(config: pytest.Config) -> None:
             base_url=settings.base_url,
             rootdir=config.rootpath,
             invocation_dir=config.invocation_params.dir,
+            default_rate_rps=settings.load_profile.perf_rate_rps,
         )
     except _UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -1286,6 +1460,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if collector is None:
         return []
     lines = [collector.settings.describe()]
+    if collector.settings.machine:
+        lines.append(collector.machine_state())
     if collector.settings.embedded:
         lines += describe_overrides()
     return lines

@@ -3,9 +3,12 @@
 - **Health.** Every client reports to one `etlverify.health.TargetHealth` per target; this module
   tells it which check is running, so its events say "first seen in test_x".
 - **Failures classified.** `failure_fact` turns a failed check's exception into a
-  `FailureFact` (blocked, transport, contract, not-json, rate-limited, timeout, error) tied to the
-  health event behind it; `PlainFailure` text for every failure, never a traceback, an exception
-  group or an object repr. The sign-off folds the facts into the primary findings.
+  `FailureFact` (blocked, transport, http, contract, not-json, rate-limited, section-blocked,
+  timeout, error) tied to the health event behind it; `PlainFailure` text for every failure, never
+  a traceback, an exception group or an object repr. The sign-off folds the facts into the
+  primary findings. A `TargetError` that reports an HTTP answer (``POST /api/jobs answered 400``)
+  is ``http``, never ``transport``: the target answered. A `SectionBlocked` (a request a whole
+  section needs was refused) ties every check of that section to one finding.
 - **Order.** Cheap, decisive checks first (``smoke``: health, routes, the error contract), then
   the performance measurements, then the other checks, and the heavy ones last (``heavy``: load,
   fuzzing, hundreds of connections), so a target that a heavy check exhausts has already been
@@ -27,16 +30,39 @@ import pytest
 from etlverify.errors import CheckFailed, TargetError
 from etlverify.health import TargetBlocked, TargetHealth, health_for, reset_health
 from etlverify.pytest_plugin.target import get_run
-from etlverify.report.causes import FailureFact
+from etlverify.report.causes import FailureFact, http_answer
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-__all__ = ["CheckTimedOut", "current_health", "failure_fact", "failure_text", "tier"]
+__all__ = [
+    "CheckTimedOut",
+    "SectionBlocked",
+    "current_health",
+    "failure_fact",
+    "failure_text",
+    "tier",
+]
 
 FACT_PROPERTY = "etl_failure"
 _TIERS = {"smoke": 0, "perf_uses": 1, "heavy": 3}
 _OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+class SectionBlocked(TargetError):
+    """A request a whole section needs was refused with an HTTP answer (job creation answered
+    400): every check of the section fails with this, and the run's findings lead with it.
+
+    `event` is the finding's plain data (``kind`` ``section-blocked``, the section, the request,
+    status, error code and message, the check that met it and when), the same for every check.
+    """
+
+    def __init__(self, message: str, event: dict[str, Any]) -> None:
+        super().__init__(message, "section-blocked")
+        self.event = dict(event)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.event))
 
 
 class CheckTimedOut(TargetError):
@@ -189,10 +215,14 @@ def _kind(exc: BaseException) -> str:
         return "blocked"
     if isinstance(exc, CheckTimedOut):
         return "timeout"
+    if isinstance(exc, SectionBlocked):
+        return "section-blocked"
     if isinstance(exc, TargetError):
         kind = exc.kind
         if kind == "not-json":
             return "not-json"
+        if not kind and http_answer(str(exc)) is not None:
+            return "http"  # the target answered: a refusal, not a lost connection
         return "transport"
     if isinstance(exc, CheckFailed):
         if exc.expected == "a JSON body" or "expected a JSON body" in exc.what:
@@ -210,6 +240,8 @@ def _event_for(
 ) -> dict[str, Any] | None:
     if isinstance(exc, TargetBlocked):
         return dict(exc.event.to_json())
+    if isinstance(exc, SectionBlocked):
+        return dict(exc.event)
     if health is None or not isinstance(exc, TargetError):
         return None
     # the check whose own request found the target down, or a handshake that never completed

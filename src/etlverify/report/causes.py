@@ -4,12 +4,16 @@ Each failed check leaves a `FailureFact` (what kind of failure, one sentence, wh
 health event it is tied to, if any; the pytest plugin records them). `diagnose` turns the facts into
 `Cause`s, the run's *primary findings*, in the order a release manager should read them:
 
-1. what happened to the target itself, earliest first: it stopped answering, its process went away,
-   its WebSocket handshake never completes, it hangs on a reused keep-alive connection. The checks
-   that failed only because of it (blocked, or cut off by the same event) are counted under it, not
-   repeated;
-2. error bodies that are not JSON, and checks the target's rate limiter refused (each one cause,
-   with every check behind it);
+1. what happened to the target itself, and refusals that kept a whole section from running,
+   earliest first: it stopped answering, its process went away, its WebSocket handshake never
+   completes, it hangs on a reused keep-alive connection; a request every check of a section needs
+   was refused ("job creation refused: POST /api/jobs answered 400 ...; the performance section (8
+   checks) could not run"). The checks that failed only because of it (blocked, cut off by the same
+   event, or in the blocked section) are counted under it, not repeated;
+2. error bodies that are not JSON, checks the target's rate limiter refused, checks that lost
+   their connection, and checks that got an HTTP answer they could not go on from (each one
+   cause, with every check behind it). An HTTP answer is never filed as a lost connection: the
+   target answered;
 3. every contract violation found while the target answered, one line each (expected/got and a
    curl line stay in the check's own evidence);
 4. checks that ran out of time, and internal errors of the suite.
@@ -21,27 +25,92 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["Cause", "FailureFact", "diagnose", "findings_of"]
+__all__ = [
+    "SECTION_BLOCKED",
+    "Cause",
+    "FailureFact",
+    "answer_text",
+    "diagnose",
+    "findings_of",
+    "http_answer",
+    "refusal_text",
+]
 
 #: failure kinds tied to the target's health (see `etlverify.health.EventKind`)
 HEALTH_KINDS = ("gone", "not-answering", "ws-handshake", "keepalive-hang")
+#: the event kind of a refused request that a whole section needs (one finding for the section)
+SECTION_BLOCKED = "section-blocked"
 _QUERY = re.compile(r"https?://[^\s']*\?")
 #: the failure kinds a check can have
 KINDS = (
     "blocked",
     "transport",
+    "http",
     "contract",
     "not-json",
     "rate-limited",
+    SECTION_BLOCKED,
     "timeout",
     "error",
 )
+#: what a refused request is, for people
+_REQUESTS = {"POST /api/jobs": "job creation", "POST /api/auth/login": "login"}
+#: ``POST /api/jobs answered 400 '<body>'`` (the request optional), or a client excerpt
+#: ``HTTP 400 application/json: <body>``; not "... after an HTTP 400 answer", which is about a
+#: connection that hung afterwards
+_ANSWERED = re.compile(
+    r"(?:(?P<method>GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (?P<path>/\S*?):? )?"
+    r"answered (?:HTTP )?(?P<status>[1-5]\d\d)\b[ :]*(?P<body>.*)"
+)
+_EXCERPT = re.compile(
+    r"(?<!after an )\bHTTP (?P<status>[1-5]\d\d) (?:[\w.+-]+/[\w.+-]+|no content-type)"
+    r"(?::\s*(?P<body>.*))?"
+)
+#: the error code and message of a JSON error body (its quotes escaped inside a repr, or not)
+_CODE = re.compile(r'\\?"(?:code|error)\\?"\s*:\s*\\?"([\w.-]+)')
+_MESSAGE = re.compile(r'\\?"message\\?"\s*:\s*\\?"(.{1,160}?)(?:\\?"|$)')
+
+
+def http_answer(text: str) -> dict[str, Any] | None:
+    """The HTTP answer a failure message reports: request, status, error code and message (each
+    when known), or None when the message is not about an answer (a lost connection, a timeout).
+    """
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    match = _ANSWERED.search(line) or _EXCERPT.search(line)
+    if match is None:
+        return None
+    groups = match.groupdict()
+    body = groups.get("body") or ""
+    code = _CODE.search(body)
+    message = _MESSAGE.search(body)
+    method, path = groups.get("method"), groups.get("path")
+    return {
+        "request": f"{method} {path}" if method and path else "",
+        "status": int(groups["status"]),
+        "code": code.group(1) if code else "",
+        "message": message.group(1) if message else "",
+    }
+
+
+def answer_text(answer: Mapping[str, Any]) -> str:
+    """``POST /api/jobs answered 400 validation_error (target_config: unknown sink)``."""
+    request = str(answer.get("request") or "")
+    text = f"{request} answered " if request else "answered "
+    text += f"{answer.get('status')}" + (f" {answer['code']}" if answer.get("code") else "")
+    return text + (f" ({answer['message']})" if answer.get("message") else "")
+
+
+def refusal_text(answer: Mapping[str, Any]) -> str:
+    """``job creation refused: POST /api/jobs answered 400 validation_error (...)``."""
+    request = str(answer.get("request") or "")
+    what = _REQUESTS.get(request, request or "a request")
+    return f"{what} refused: {answer_text(answer)}"
 
 
 @dataclass(frozen=True)
@@ -177,6 +246,30 @@ def _health_sentence(event: Mapping[str, Any], facts: Sequence[FailureFact]) -> 
     )
 
 
+def _section_sentence(event: Mapping[str, Any], facts: Sequence[FailureFact]) -> str:
+    n = len({f.nodeid for f in facts})
+    section = str(event.get("section") or "a")
+    return (
+        f"{refusal_text(event)}; the {section} section ({n} check{'s' if n != 1 else ''}) "
+        "could not run"
+    )
+
+
+def _http_sentence(group: Sequence[FailureFact]) -> str:
+    counts: dict[str, int] = {}
+    for fact in group:
+        answer = http_answer(fact.line) or {}
+        key = f"HTTP {answer.get('status', '?')}" + (
+            f" {answer['code']}" if answer.get("code") else ""
+        )
+        counts[key] = counts.get(key, 0) + 1
+    answers = ", ".join(f"{key} x{n}" if n > 1 else key for key, n in counts.items())
+    return (
+        f"{len(group)} check(s) got an HTTP answer they could not go on from ({answers}; "
+        f"first in {group[0].check})"
+    )
+
+
 def _with_curl(fact: FailureFact) -> str:
     return f"{fact.check}: {fact.line}" + (f" -- {fact.curl}" if fact.curl else "")
 
@@ -207,22 +300,31 @@ def diagnose(facts: Sequence[FailureFact]) -> tuple[Cause, ...]:
     rest: list[FailureFact] = []
     for fact in facts:
         event = fact.event
-        if event and str(event.get("kind")) in HEALTH_KINDS:
+        if event and str(event.get("kind")) in (*HEALTH_KINDS, SECTION_BLOCKED):
             key = _event_key(event)
             by_event.setdefault(key, []).append(fact)
             events.setdefault(key, event)
+        elif fact.kind == "transport" and http_answer(fact.line) is not None:
+            # filed as a lost connection by an older classifier: the target answered
+            rest.append(replace(fact, kind="http"))
         else:
             rest.append(fact)
     for key in sorted(by_event, key=lambda k: k[1]):
         event, tied = events[key], by_event[key]
+        blocked_section = key[0] == SECTION_BLOCKED
         causes.append(
             Cause(
                 kind=key[0],
-                sentence=_health_sentence(event, tied),
+                sentence=_section_sentence(event, tied)
+                if blocked_section
+                else _health_sentence(event, tied),
                 first_check=str(event.get("check") or (tied[0].check if tied else "")),
                 at=_iso(key[1]),
                 checks=_unique([f.nodeid for f in tied]),
-                lines=_unique([f"{f.check}: {f.line}" for f in tied if f.kind != "blocked"]),
+                # the checks of a blocked section say nothing the sentence does not
+                lines=_unique(
+                    [f"{f.check}: {f.line}" for f in tied if f.kind not in ("blocked", key[0])]
+                ),
                 items=_unique([i for f in tied for i in f.items]),
             )
         )
@@ -249,6 +351,9 @@ def diagnose(facts: Sequence[FailureFact]) -> tuple[Cause, ...]:
         group = [f for f in rest if f.kind == kind]
         if group:
             causes.append(_group(kind, template, group))
+    answered = [f for f in rest if f.kind == "http"]
+    if answered:
+        causes.append(replace(_group("http", "", answered), sentence=_http_sentence(answered)))
     seen: set[str] = set()
     for kind in ("contract", "timeout", "error", "blocked"):
         for fact in (f for f in rest if f.kind == kind):

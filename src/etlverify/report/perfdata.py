@@ -11,24 +11,33 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from etlverify.report.summary import MetricRecord, TriggerRecord
+from etlverify.baseline.machine import recorded_runs
+from etlverify.report.summary import Finding, MetricRecord, TriggerRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from etlverify.baseline import Baseline, Comparison
     from etlverify.measure import MetricResult, RunResult
 
 __all__ = [
+    "FIRST_USE_MARK",
+    "FIRST_USE_MARKS",
     "QUANTILES",
     "file_sha256",
+    "fold_first_use",
     "is_ws_metric",
     "metric_records",
     "performance_section",
     "trigger_records",
 ]
 
+#: What marks a finding about a machine baseline's first-use run (a metric's verdict reason: "first
+#: use (1 of 3 runs): ..."; an item's: "INCONCLUSIVE: recording this machine's baseline, run 1 of
+#: 3 ..."): `fold_first_use` says all of them once
+FIRST_USE_MARK = "recording this machine's baseline"
+FIRST_USE_MARKS = ("first use (", f"INCONCLUSIVE: {FIRST_USE_MARK}")
 #: quantiles of the latency curves (percent)
 QUANTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
 _MB = 1024.0 * 1024.0
@@ -134,6 +143,28 @@ def _server(run: RunResult | None) -> dict[str, Any] | None:
     }
 
 
+def fold_first_use(
+    findings: Sequence[Finding], first_use: Mapping[str, Any] | None
+) -> tuple[Finding, ...]:
+    """`findings` with every metric and item finding of a machine baseline's first-use run said
+    once, as the run's line ("performance: recording this machine's baseline, run 1 of 3 (7
+    metrics, 28 statistics measured; judged from run 4 on); ..."), where the first of them was.
+    Each metric's verdict stays in summary.json's ``metrics``, each item's reason in ``items``."""
+    line = str((first_use or {}).get("line") or "")
+    if not line:
+        return tuple(findings)
+    out: list[Finding] = []
+    folded = False
+    for finding in findings:
+        if finding.kind in ("metric", "item") and any(m in finding.text for m in FIRST_USE_MARKS):
+            if not folded:
+                out.append(Finding("run", "", line, finding.source))
+                folded = True
+            continue
+        out.append(finding)
+    return tuple(out)
+
+
 def performance_section(
     *,
     comparison: Comparison | None,
@@ -142,16 +173,23 @@ def performance_section(
     baseline_path: Path | None,
     unavailable: str = "",
     settings: Mapping[str, Any] | None = None,
+    first_use: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``performance`` object of summary.json (``available: false`` with a reason if none)."""
+    """The ``performance`` object of summary.json (``available: false`` with a reason if none).
+
+    `first_use`: the facts of a machine baseline's first-use run (which of the runs it needs this
+    was, the groups recorded, the one line that says it), as ``first_use``.
+    """
     if run is None and comparison is None:
         return {
             "available": False,
             "reason": unavailable or "no performance measurement ran in this run",
             "baseline": _baseline_json(baseline, baseline_path),
+            "first_use": dict(first_use) if first_use else None,
         }
     return {
         "available": True,
+        "first_use": dict(first_use) if first_use else None,
         "reason": "" if comparison is not None else unavailable or "no baseline to compare with",
         "verdict": comparison.verdict.value if comparison is not None else None,
         "alpha": comparison.alpha if comparison is not None else None,
@@ -198,7 +236,8 @@ def _baseline_json(baseline: Baseline | None, path: Path | None) -> dict[str, An
             {
                 "name": baseline.name,
                 "recorded_at": baseline.recorded_at,
-                "runs": len(baseline.runs),
+                # runs, not entries: a machine baseline stores each group's first use as one
+                "runs": recorded_runs(baseline),
                 "environment": baseline.environment.to_json(),
             }
         )

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTOMATIONS",
+    "POST_DEPLOY_PREFIXES",
     "Checklist",
     "ChecklistError",
     "Item",
@@ -29,6 +30,10 @@ __all__ = [
 ]
 
 AUTOMATIONS = ("automated", "manual", "n/a")
+#: the ids of the post-deployment scope (`pytest -m post_deploy`): post-deployment validation,
+#: rollback triggers and procedures, success criteria. A test naming such an item is marked
+#: ``post_deploy``; `etlverify gate` requires every automated one of them by default.
+POST_DEPLOY_PREFIXES = ("post.", "rollback.", "success.")
 _ID = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
 
 
@@ -107,6 +112,12 @@ class Checklist:
         """Automated items that no test names."""
         tested = set(tested_ids)
         return [i for i in self.items if i.automated and i.id not in tested]
+
+    def post_deploy_scope(self) -> tuple[str, ...]:
+        """The automated items that `pytest -m post_deploy` is meant to cover, in order."""
+        return tuple(
+            i.id for i in self.items if i.automated and i.id.startswith(POST_DEPLOY_PREFIXES)
+        )
 
     def sections(self) -> list[str]:
         """Section names in order of first appearance."""

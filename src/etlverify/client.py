@@ -41,10 +41,13 @@ __all__ = [
     "TargetError",
     "curl_for",
     "excerpt",
+    "not_json",
     "redact",
 ]
 
 EXCERPT_CHARS = 500
+#: how much of a body that is not JSON a failure quotes
+_BODY_START = 60
 #: request bodies longer than this are not inlined into curl lines
 _CURL_BODY_MAX = 2000
 _SECRET_KEYS = r"(?:token|access_token|refresh_token|password|secret|authorization|api_key)"
@@ -423,9 +426,9 @@ class EtlClient:
         try:
             return response.json()
         except (ValueError, UnicodeDecodeError):
+            what, _ = not_json(response)
             raise TargetError(
-                f"{response.request.method} {response.request.url.path}: expected a JSON body, got "
-                f"{self.excerpt(response)}\nReproduce with: {self.curl(response)}",
+                f"{what}: expected a JSON body\nReproduce with: {self.curl(response)}",
                 kind="not-json",
             ) from None
 
@@ -487,6 +490,27 @@ def _type_name(expected: type | tuple[type, ...]) -> str:
         list: "array",
         type(None): "null",
     }.get(expected, expected.__name__)
+
+
+def not_json(response: httpx.Response) -> tuple[str, str]:
+    """(what, got) for an answer whose body is not JSON: a body that *says* JSON in its
+    Content-Type and is not is worded as such, with its first bytes either way."""
+    ctype = response.headers.get("content-type", "").split(";")[0].strip() or "none"
+    raw = response.content[:_BODY_START]
+    start = " ".join(raw.decode("utf-8", errors="replace").split())
+    more = "..." if len(response.content) > _BODY_START else ""
+    body = f"body `{start}{more}`" if start else "an empty body"
+    where = f"{response.request.method} {response.request.url.path}"
+    if "json" in ctype.lower():
+        begins = f"it starts `{start}{more}`" if start else "it is empty"
+        return (
+            f"{where} sent Content-Type {ctype} but its body is not valid JSON ({begins})",
+            f"Content-Type {ctype} with {body} (not valid JSON)",
+        )
+    return (
+        f"{where} did not answer JSON (Content-Type {ctype}, {body})",
+        f"Content-Type {ctype}, {body}",
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -575,12 +599,8 @@ class Expect:
         try:
             return resp.json()
         except (ValueError, UnicodeDecodeError):
-            raise self.fail(
-                f"{resp.request.method} {resp.request.url.path} did not answer JSON",
-                expected="a JSON body",
-                got=resp.headers.get("content-type", "no content-type"),
-                resp=resp,
-            ) from None
+            what, got = not_json(resp)
+            raise self.fail(what, expected="a JSON body", got=got, resp=resp) from None
 
     def json_fields(
         self, resp: httpx.Response, fields: Mapping[str, type | tuple[type, ...]]

@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
+from etlverify.checklist import load_checklist
 from etlverify.durations import parse_duration
 from etlverify.errors import EtlVerifyError
 from etlverify.report.summary import (
@@ -70,6 +71,7 @@ from etlverify.report.verdict import (
     EXIT_USAGE,
     decide,
     exit_code_for,
+    missing_scope,
     worst,
 )
 
@@ -148,6 +150,8 @@ _LOCUST_VERDICTS = {
 #: a verification run's exit codes that mean it could not judge: usage or configuration error,
 #: interrupted; nothing selected
 _NOT_JUDGED = (EXIT_USAGE, 5)
+#: how many missing items a scope refusal names before "and N more"
+_SCOPE_NAMED = 5
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -190,6 +194,8 @@ class GateOptions:
     #: the target every summary must have verified (None: they must agree with each other)
     target: str | None = None
     inconclusive_blocks: bool = True
+    #: accept a pytest run narrower than the post-deployment scope (said in the verdict)
+    allow_partial: bool = False
 
 
 def _blocks_setting(cli: bool | None, env: Mapping[str, str]) -> bool:
@@ -215,6 +221,7 @@ def resolve_options(
     run_id: str | None = None,
     target: str | None = None,
     inconclusive_blocks: bool | None = None,
+    allow_partial: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> GateOptions:
     """Command line first, then the environment (``ETLPLUS_PIPELINE_RUN_ID``,
@@ -243,6 +250,7 @@ def resolve_options(
         run_id=expected_run or None,
         target=normalize_url(expected_target) if expected_target else None,
         inconclusive_blocks=_blocks_setting(inconclusive_blocks, environ),
+        allow_partial=allow_partial,
     )
 
 
@@ -450,13 +458,70 @@ def _check_judged(ev: Evidence) -> None:
                 "incomplete",
                 f"the pytest run stopped before it could judge (exit code {code}): {message}",
             )
-    elif ev.data is not None and ev.data.get("exit_code") == EXIT_USAGE:
-        message = str(ev.data.get("error") or "see the run's output")
+    elif ev.data is not None and ev.data.get("exit_code") == _error_codes(ev.source)[0]:
+        message = str(ev.data.get("error") or ev.data.get("reason") or "see the run's output")
         ev.refuse(
             "incomplete",
-            f"the {ev.source} run stopped before it could judge (exit code {EXIT_USAGE}): "
-            f"{message}",
+            f"the {ev.source} run stopped before it could judge (exit code "
+            f"{ev.data.get('exit_code')}): {message}",
         )
+
+
+def _error_codes(source: str) -> tuple[int, int]:
+    """(usage, unreachable) exit codes of a source: Locust keeps 2/3 (as the verification run);
+    the watch and the rollout use the gate's family, 14/13 (docs/exit-codes.md)."""
+    if source in ("watch", "rollout"):
+        return EXIT_GATE_USAGE, EXIT_GATE_UNREACHABLE
+    return EXIT_USAGE, EXIT_UNREACHABLE
+
+
+def _scope_gap(ev: Evidence, required: Sequence[str]) -> list[str]:
+    """The post-deployment items an accepted pytest summary's run did not select."""
+    if ev.source != "pytest" or ev.summary is None or not ev.accepted or ev.summary.error:
+        return []  # a run that could not judge (unreachable target) is decided by its error
+    return missing_scope(ev.summary.items, required)
+
+
+def _scope_text(ev: Evidence, missing: Sequence[str], required: Sequence[str]) -> str:
+    """`summary.json covers 1 of 34 post-deployment items (-k ...); not covered: a, b, ...`."""
+    assert ev.summary is not None
+    sel = ev.summary.selection
+    how = [
+        f"{flag} {sel[key]!s}"
+        for flag, key in (("-m", "markexpr"), ("-k", "keyword"))
+        if sel.get(key)
+    ]
+    if sel.get("deselect"):
+        how.append(f"--deselect x{len(sel['deselect'])}")
+    names = ", ".join(missing[:_SCOPE_NAMED])
+    more = f" and {len(missing) - _SCOPE_NAMED} more" if len(missing) > _SCOPE_NAMED else ""
+    return (
+        f"its run covered {len(required) - len(missing)} of {len(required)} post-deployment "
+        f"checklist items"
+        + (f" (selected with {' '.join(how)})" if how else "")
+        + f"; not covered: {names}{more}"
+    )
+
+
+def _check_scope(evidence: list[Evidence], options: GateOptions) -> list[str]:
+    """Scope is evidence: refuse a pytest run narrower than the post-deployment scope, or (with
+    ``--allow-partial``) accept it and return the line that says so."""
+    required = load_checklist().post_deploy_scope()
+    lines: list[str] = []
+    for ev in evidence:
+        missing = _scope_gap(ev, required)
+        if not missing:
+            continue
+        text = _scope_text(ev, missing, required)
+        if options.allow_partial:
+            lines.append(f"PARTIAL (--allow-partial): {ev.path.name}: {text}")
+        else:
+            ev.refuse(
+                "partial scope",
+                f"{text}; run `{_STEPS['pytest']}` without -k/-m/path narrowing, or accept a "
+                "narrower run with --allow-partial",
+            )
+    return lines
 
 
 def _check_together(evidence: list[Evidence]) -> None:
@@ -527,9 +592,11 @@ def locust_part(
     blocking: list[Finding] = []
     undecided: list[Finding] = []
     error_code = None
-    if code in (EXIT_USAGE, EXIT_UNREACHABLE):
-        error_code = int(code)
-        what = "configuration error" if code == EXIT_USAGE else "target unreachable"
+    usage, unreachable = _error_codes(source)
+    if code in (usage, unreachable):
+        # in the verification run's family from here on (`merge` and `_gate_code` read it so)
+        error_code = EXIT_USAGE if code == usage else EXIT_UNREACHABLE
+        what = "configuration error" if code == usage else "target unreachable"
         blocking.append(
             Finding("error", "", f"{what}: {data.get('error') or 'see its output'}", source)
         )
@@ -548,7 +615,15 @@ def locust_part(
             reasons = [str(data["reason"])]
         text = "; ".join(reasons) if reasons else f"baseline comparison {raw}"
         undecided.append(Finding("run" if reasons else "environment", "", text, source))
-    own, b, u = decide((), metrics, triggers, extra_blocking=blocking, extra_undecided=undecided)
+    own, b, u = decide(
+        (),
+        metrics,
+        triggers,
+        extra_blocking=blocking,
+        extra_undecided=undecided,
+        # a watch or rollout that PASSed judged its triggers or cohorts itself
+        verified_elsewhere=source in ("watch", "rollout") and raw == "PASS",
+    )
     if raw in ("FAIL", "DO NOT PROMOTE") and not b:
         said = "; ".join(str(m) for m in data.get("messages") or [] if m)
         text = (
@@ -774,6 +849,7 @@ def run_gate(
     for ev in evidence:
         _check_identity(ev, opts, clock)
     _check_together(evidence)
+    partial = _check_scope(evidence, opts)
     used = {e.source: e for e in evidence if e.accepted}
     refused = [e for e in evidence if not e.accepted]
     pytest_ev = used.get("pytest")
@@ -801,8 +877,15 @@ def run_gate(
             Finding("evidence", e.path.name, f"{e.status}: {e.problem}", e.source) for e in refused
         )
         verdict = PromotionVerdict.DO_NOT_PROMOTE if refused else merged.verdict
+        selection = dict(merged.selection)
+        if partial:
+            selection["partial"] = partial
         merged = replace(
-            merged, verdict=verdict, exit_code=code, blocking=findings + merged.blocking
+            merged,
+            verdict=verdict,
+            exit_code=code,
+            blocking=findings + merged.blocking,
+            selection=selection,
         )
     verdict = merged.verdict if merged is not None else PromotionVerdict.DO_NOT_PROMOTE
     lines = [f"etlverify gate: {verdict.value} (exit code {code})"]
@@ -812,6 +895,7 @@ def run_gate(
         f"{opts.run_id or '(any, but one)'}; target {opts.target or '(any, but one)'}"
     )
     lines += [f"  {e.line()}" for e in evidence]
+    lines += [f"  {line}" for line in partial]
     if merged is not None:
         rest = [f for f in merged.blocking if f.kind != "evidence"]
         if rest:
@@ -855,6 +939,7 @@ def main_gate(
     run_id: str | None = None,
     target: str | None = None,
     inconclusive_blocks: bool | None = None,
+    allow_partial: bool = False,
     render: bool = True,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -869,6 +954,7 @@ def main_gate(
             run_id=run_id,
             target=target,
             inconclusive_blocks=inconclusive_blocks,
+            allow_partial=allow_partial,
         )
         result = run_gate(directory, options=options, render=render)
     except GateUsageError as exc:

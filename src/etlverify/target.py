@@ -26,7 +26,14 @@ import httpx
 from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget, EmbeddedTargetError
 from etlverify.errors import TargetError
 
-__all__ = ["SharedEmbedded", "Target", "describe_target", "probe", "unreachable_message"]
+__all__ = [
+    "SharedEmbedded",
+    "Target",
+    "describe_target",
+    "probe",
+    "read_status",
+    "unreachable_message",
+]
 
 PROBE_TIMEOUT = 5.0
 
@@ -116,16 +123,30 @@ def describe_target(
     reason = probe(base_url, min(timeout, PROBE_TIMEOUT))
     if reason:
         raise TargetError(unreachable_message(base_url, reason))
-    status: dict[str, Any] = {}
+    status = read_status(base_url, timeout)
     faults = False
-    with httpx.Client(timeout=httpx.Timeout(timeout)) as client:
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            body = client.get(f"{base_url}/api/health/status").json()
-            if isinstance(body, dict):
-                status = body
-        with contextlib.suppress(httpx.HTTPError):
-            faults = client.get(f"{base_url}/api/_faults").status_code == 200
+    with contextlib.suppress(httpx.HTTPError):
+        faults = httpx.get(f"{base_url}/api/_faults", timeout=timeout).status_code == 200
     return Target(base_url, ws_url, deploy_root, embedded, status, faults)
+
+
+def read_status(
+    base_url: str, timeout: float, headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The target's ``/api/health/status`` body; ``{}`` when it does not answer a JSON object.
+
+    Every source reads the target's identity from this body (`etlverify.report.summary.
+    target_facts`), so the pytest plugin, Locust, the watch and the rollout agree on it.
+    """
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        body = httpx.get(
+            f"{base_url}/api/health/status",
+            timeout=httpx.Timeout(timeout),
+            headers=dict(headers or {}),
+        ).json()
+        if isinstance(body, dict):
+            return body
+    return {}
 
 
 class SharedEmbedded:

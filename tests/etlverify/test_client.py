@@ -7,7 +7,15 @@ import json
 import httpx
 import pytest
 
-from etlverify.client import CheckFailed, EtlClient, Expect, TargetError, curl_for, redact
+from etlverify.client import (
+    CheckFailed,
+    EtlClient,
+    Expect,
+    TargetError,
+    curl_for,
+    not_json,
+    redact,
+)
 from etlverify.health import TargetHealth
 
 
@@ -60,8 +68,33 @@ def test_timeout_is_target_error() -> None:
 
 def test_invalid_json_when_json_needed() -> None:
     api = _client(lambda r: httpx.Response(200, text="<html>oops</html>"))
-    with pytest.raises(TargetError, match="expected a JSON body"):
+    with pytest.raises(TargetError, match="expected a JSON body") as info:
         api.get_json("/api/health")
+    assert "did not answer JSON (Content-Type text/plain, body `<html>oops</html>`)" in str(
+        info.value
+    )
+
+
+def test_a_body_that_says_json_and_is_not_is_worded_so() -> None:
+    """Upstream sends ``{{...}}`` with Content-Type application/json: say the header claimed JSON
+    and the body was not, with its first bytes (not "expected JSON, got application/json")."""
+    body = '{{"status": "ok"}} }' + "x" * 100
+    api = _client(
+        lambda r: httpx.Response(
+            200, content=body.encode(), headers={"content-type": "application/json"}
+        )
+    )
+    with pytest.raises(TargetError) as info:
+        api.get_json("/api/jobs")
+    text = str(info.value)
+    assert "GET /api/jobs sent Content-Type application/json but its body is not valid JSON" in text
+    assert '(it starts `{{"status": "ok"}} }xxx' in text
+    assert "...`)" in text  # cut after the first bytes
+    what, got = not_json(
+        httpx.Response(500, content=b"", request=httpx.Request("GET", "http://t/x"))
+    )
+    assert what == "GET /x did not answer JSON (Content-Type none, an empty body)"
+    assert got == "Content-Type none, an empty body"
 
 
 def test_curl_redacts_token_or_uses_env_reference() -> None:

@@ -28,6 +28,7 @@ from etlverify.report.summary import (
     load_summary,
     normalize_url,
     run_identity,
+    target_facts,
     target_fingerprint,
     write_summary,
 )
@@ -74,8 +75,7 @@ def locust_step(
             finished_at=_iso(),
             target_url=target,
             embedded=embedded,
-            target_version=version,
-            build_commit=build_commit,
+            facts={"target_version": version, "build_commit": build_commit},
             pipeline_run=pipeline or "",
         )
     )
@@ -155,10 +155,19 @@ def test_earlier_run_is_identified(earlier_run: Run) -> None:
     assert summary.run.target_fingerprint
     # and the gate takes it when it is this pipeline run's (the control for the refusals below)
     same_target_locust(earlier_run.reports, "ci-1-1")
-    code, out = gate(earlier_run.reports, "--require", "pytest", "--require", "locust",
-                     pipeline="ci-1-1")  # fmt: skip
+    both = ("--require", "pytest", "--require", "locust")
+    # ... but scope is evidence: this run selected a handful of tests, not -m post_deploy
+    code, out = gate(earlier_run.reports, *both, pipeline="ci-1-1")
+    assert code == 12, out
+    (line,) = refused_lines(out)
+    assert "summary.json (pytest, required): partial scope: its run covered" in line
+    assert "of 34 post-deployment checklist items" in line
+    assert "post.1_functional_testing.job_types_create" in line  # names what is missing
+    assert "--allow-partial" in line
+    code, out = gate(earlier_run.reports, *both, "--allow-partial", pipeline="ci-1-1")
     assert code == 0, out
     assert out.splitlines()[0] == "etlverify gate: PROMOTE (exit code 0)"
+    assert "  PARTIAL (--allow-partial): summary.json: its run covered" in out
     (earlier_run.reports / "locust_summary.json").unlink()
 
 
@@ -342,8 +351,7 @@ def test_run_identity_block() -> None:
         started_at="2026-01-01T00:00:00Z",
         finished_at="2026-01-01T00:01:00Z",
         target_url="HTTP://ops:secret@Staging.Example:80/",
-        target_version="2.4.0",
-        build_commit="abc",
+        facts={"target_version": "2.4.0", "build_commit": "abc"},
         env={PIPELINE_RUN_ENV: "ci-9-2"},
     )
     assert list(block) == [
@@ -387,7 +395,7 @@ def _pytest_summary(folder: Path, **run: Any) -> None:
         started_at=_iso(timedelta(minutes=6)),
         finished_at=_iso(timedelta(minutes=4)),
         target_url="http://127.0.0.1:1",
-        target_version="2.4.0-reference",
+        facts={"target_version": "2.4.0-reference"},
         pipeline_run="ci-5-1",
     )
     block.update(run)
@@ -522,3 +530,80 @@ def test_a_rate_limited_locust_run_blocks_with_its_reason(tmp_path: Path) -> Non
     result = run_gate(tmp_path, env=env, render=False)
     assert result.exit_code == 11, result.lines
     assert any(reason in line for line in result.lines), result.lines
+
+
+def test_one_identity_for_every_source() -> None:
+    """The pytest plugin, Locust, the watch and the rollout all read /api/health/status with
+    `target_facts` and pass the facts to `run_identity`: one deployment, one fingerprint. The flags
+    digest is recorded but left out: a rollout changes it between the pipeline's steps."""
+    status = {
+        "version": "2.4.0",
+        "build": {"commit": "abc"},
+        "config": {"sha256": "c1"},
+        "feature_flags": {"sha256": "f1"},
+    }
+    facts = target_facts(status)
+    assert facts == {
+        "target_version": "2.4.0",
+        "build_commit": "abc",
+        "config_sha256": "c1",
+        "flags_sha256": "f1",
+    }
+    blocks = {
+        tool: run_identity(tool=tool, target_url="http://staging:8080", facts=facts, env={})
+        for tool in ("pytest", "locust", "watch", "rollout")
+    }
+    assert len({b["target_fingerprint"] for b in blocks.values()}) == 1
+    flags_rolled = target_facts({**status, "feature_flags": {"sha256": "f2"}})
+    assert (
+        run_identity(tool="rollout", target_url="http://staging:8080", facts=flags_rolled, env={})[
+            "target_fingerprint"
+        ]
+        == blocks["pytest"]["target_fingerprint"]
+    )
+    other_config = target_facts({**status, "config": {"sha256": "c2"}})
+    assert (
+        run_identity(tool="watch", target_url="http://staging:8080", facts=other_config, env={})[
+            "target_fingerprint"
+        ]
+        != blocks["pytest"]["target_fingerprint"]
+    )
+    assert target_facts(None) == dict.fromkeys(facts)
+    assert target_facts({"version": "?", "build": "not an object"})["target_version"] is None
+
+
+@pytest.mark.parametrize(
+    ("source", "code", "status", "expected_exit"),
+    [
+        ("watch", 13, "", 13),  # the watch's "target unreachable" is the gate's 13
+        ("rollout", 13, "", 13),
+        ("watch", 14, "incomplete", 12),  # its usage error: stopped before it could judge
+        ("locust", 3, "", 13),  # Locust keeps the verification run's 2/3
+        ("locust", 2, "incomplete", 12),
+    ],
+)
+def test_each_source_speaks_its_own_exit_codes(
+    tmp_path: Path, source: str, code: int, status: str, expected_exit: int
+) -> None:
+    """The watch and the rollout use the gate's family (13 unreachable, 14 usage), Locust 2/3."""
+    env = {PIPELINE_RUN_ENV: "ci-5-1"}
+    _pytest_summary(tmp_path)
+    data = locust_summary(None, code, error="the reason it stopped")
+    data["run"] = run_identity(
+        tool=source,
+        started_at=_iso(timedelta(minutes=3)),
+        finished_at=_iso(timedelta(minutes=1)),
+        target_url="http://127.0.0.1:1",
+        facts={"target_version": "2.4.0-reference"},
+        pipeline_run="ci-5-1",
+    )
+    name = {"watch": "watch_summary.json", "rollout": "rollout_summary.json"}.get(
+        source, "locust_summary.json"
+    )
+    (tmp_path / name).write_text(json.dumps(data), encoding="utf-8")
+    result = run_gate(tmp_path, env=env, render=False)
+    assert result.exit_code == expected_exit, result.lines
+    ev = next(e for e in result.evidence if e.source == source)
+    assert ev.status == status, result.lines
+    if status:
+        assert f"exit code {code}): the reason it stopped" in ev.problem

@@ -138,6 +138,10 @@ def test_unreachable_target_exits_3_with_a_summary(tmp_path: Path) -> None:
     (tmp_path / "reports" / "summary.json").write_text('{"verdict": "PROMOTE"}')  # stale
     run = run_suite(tmp_path, "-p", "etlverify.pytest_plugin", "--base-url", "http://127.0.0.1:9")
     assert run.ret == 3, run.out
+    # one line in our words; no `! _pytest.outcomes.Exit: ... !` (a class name is not for people)
+    assert "_pytest.outcomes" not in run.out
+    assert "Exit:" not in run.out
+    assert "etlverify: target http://127.0.0.1:9 is unreachable: connection refused" in run.out
     summary = run.summary
     assert summary["verdict"] == "DO NOT PROMOTE"
     assert summary["exit_code"] == 3

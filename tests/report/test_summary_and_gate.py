@@ -44,7 +44,7 @@ def identified(summary: Summary, **run: Any) -> Summary:
         started_at=_iso(timedelta(minutes=5)),
         finished_at=_iso(),
         target_url=TARGET,
-        target_version="2.4.0-reference",
+        facts={"target_version": "2.4.0-reference"},
         pipeline_run="",
     )
     block.update(run)
@@ -60,7 +60,7 @@ def fresh_locust(verdict: str | None = "PASS", exit_code: int = 0, **extra: Any)
             started_at=_iso(timedelta(minutes=2)),
             finished_at=_iso(),
             target_url=TARGET,
-            target_version="2.4.0-reference",
+            facts={"target_version": "2.4.0-reference"},
             pipeline_run="",
         )
     )
@@ -82,7 +82,10 @@ def test_key_order_verdict_first_schema_version_last(tmp_path: Path, promote: Su
 
 def test_roundtrip(tmp_path: Path) -> None:
     summary = identified(
-        make_summary({ERRORS_ITEM: [("failed", FAILURE)], JOBS_ITEM: [("skipped", "why")]})
+        make_summary(
+            {ERRORS_ITEM: [("failed", FAILURE)], JOBS_ITEM: [("skipped", "why")]},
+            full_scope=False,
+        )
     )
     path = tmp_path / "summary.json"
     write_summary(path, summary)

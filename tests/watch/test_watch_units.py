@@ -116,6 +116,23 @@ def test_unreachable_target_exits_13_with_a_curl_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_watch_too_short_to_judge_says_so_in_its_first_line(tmp_path: Path) -> None:
+    """`--for 1m` with the default baseline (5 windows of 60 s) can never judge the relative
+    triggers: the first line says so and names the way out (it is still a watch: the target here
+    is unreachable, which ends it with 13 right after)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = _watch("--for", "1m", "--base-url", url, cwd=tmp_path)
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("etlverify watch: a watch of 1 m cannot judge the relative triggers")
+    assert "first 5 windows of 1 m (5 m)" in first
+    assert "--baseline FILE" in first
+    assert "--baseline-windows N" in first
+    # long enough, or with a stored baseline: no such line
+    for args in (["--for", "6m"], ["--for", "1m", "--window", "10s", "--baseline-windows", "3"]):
+        result = _watch(*args, "--base-url", url, cwd=tmp_path)
+        assert "cannot judge" not in result.stdout, args
+
+
 def test_sigterm_ends_the_watch_with_a_partial_verdict(tmp_path: Path) -> None:
     """SIGTERM: the watch stops at once, writes its evidence and says how much it watched."""
     import signal

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from etlverify.checklist import Checklist, load_checklist
+from etlverify.checklist import POST_DEPLOY_PREFIXES, Checklist, load_checklist
 from etlverify.pytest_plugin._state import CHECKLIST_KEY
 from etlverify.pytest_plugin.options import get_settings
 
@@ -57,7 +57,6 @@ MARKERS: dict[str, str] = {
 }
 XDIST_GROUP = "deployment_state"
 DESTRUCTIVE_FIXTURES = frozenset({"etl_flags", "etl_config"})
-POST_DEPLOY_PREFIXES = ("post.", "rollback.", "success.")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ Only in a *verification run* (a selected test names a checklist item; ``pytest t
   hand-over through `record_performance`), and summary.json and signoff.html are written beside
   the other reports;
 - the exit code becomes the gate's: 0 PROMOTE, 1 DO NOT PROMOTE, 3 target unreachable (kept),
-  4 INCOMPLETE when inconclusive blocks (else 0), 2 when the run could not start (kept).
+  11 INCOMPLETE when inconclusive blocks (else 0), 2 when the run could not start (kept).
 
 Options: ``--operator NAME`` (ETLPLUS_OPERATOR, default $USER) and ``--signoff ROLE=NAME``
 (repeatable; ETLPLUS_SIGNOFF, ``;``-separated).
@@ -36,6 +36,7 @@ from etlverify.pytest_plugin.target import get_run
 from etlverify.pytest_plugin.targethealth import FACT_PROPERTY, current_health
 from etlverify.report.causes import FailureFact, diagnose
 from etlverify.report.evidence import performance_lines, scrub, section_evidence, truncate
+from etlverify.report.perfdata import fold_first_use
 from etlverify.report.summary import (
     Finding,
     PromotionVerdict,
@@ -53,6 +54,7 @@ from etlverify.report.verdict import (
     decide,
     exit_code_for,
     fold_blocking,
+    missing_scope,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
 
     from etlverify.baseline import Baseline, Comparison
     from etlverify.measure import RunResult
-    from etlverify.report.summary import RunIdentity
+    from etlverify.report.summary import ItemRecord, RunIdentity
     from etlverify.target import Target
 
 __all__ = ["SIGNOFF_KEY", "PerfHandOver", "SignoffState", "get_signoff", "record_performance"]
@@ -81,6 +83,8 @@ class PerfHandOver:
     baseline: Baseline | None = None
     baseline_path: Path | None = None
     reason: str = ""
+    #: a machine baseline's first-use run (`PerfCollector.first_use_json`), said once
+    first_use: dict[str, Any] | None = None
 
 
 @dataclass
@@ -102,6 +106,8 @@ class SignoffState:
     secrets: tuple[str, ...]
     #: nodeid -> checklist ids of every selected test (not known on an xdist controller)
     selected: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: tests collected but deselected (``-m``, ``-k``, ``--deselect``; None on an xdist controller)
+    deselected: int | None = None
     evidence: dict[str, _Evidence] = field(default_factory=dict)
     verification: bool = False
     summary: Summary | None = None
@@ -410,7 +416,7 @@ def _run_block(run: Any, started: str, finished: str, base_url: str | None) -> R
 def _identity(config: pytest.Config, state: SignoffState, finished: str) -> RunIdentity:
     """The ``run`` block of this run's summary: its id, times and the target it verified."""
     from etlverify.report.summary import RunIdentity as Identity
-    from etlverify.report.summary import run_identity
+    from etlverify.report.summary import run_identity, target_facts
 
     settings = get_settings(config)
     target = _target(config)
@@ -421,10 +427,7 @@ def _identity(config: pytest.Config, state: SignoffState, finished: str) -> RunI
         finished_at=finished,
         target_url=target.base_url if target is not None else settings.base_url,
         embedded=target.embedded if target is not None else settings.base_url is None,
-        target_version=target.version if target is not None else None,
-        build_commit=target.commit if target is not None else None,
-        config_sha256=target.loaded_sha256("config") if target is not None else None,
-        flags_sha256=target.loaded_sha256("feature_flags") if target is not None else None,
+        facts=target_facts(target.status) if target is not None else None,
     )
     return Identity.from_json(data)
 
@@ -474,6 +477,10 @@ class _Recorder:
                 with contextlib.suppress(OSError):
                     (folder / name).unlink(missing_ok=True)
 
+    def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
+        """Count what `-m`, `-k` and `--deselect` left out (the run's selection is evidence)."""
+        self.state.deselected = (self.state.deselected or 0) + len(items)
+
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None]:
         """The last word: after pytest's own summary line, the verdict and the sign-off report
@@ -481,6 +488,7 @@ class _Recorder:
         result = yield
         state = self.state
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        _own_exit_line(tr)
         if state.summary is not None and tr is not None:
             summary = state.summary
             tr.write_line(
@@ -521,6 +529,23 @@ class _Recorder:
                         ev.blocks.append(truncate(scrub("measured:\n" + "\n".join(lines), secrets)))
                     continue
                 ev.blocks.append(truncate(scrub(f"{key} = {value}", secrets)))
+
+
+def _own_exit_line(tr: Any) -> None:
+    """A `pytest.exit(message)` of the plugin (unreachable target) in its own words.
+
+    pytest would print it at unconfigure as ``! _pytest.outcomes.Exit: <message> !``: a class
+    name is not for people. The terminal reporter keeps it in ``_keyboardinterrupt_memo`` (no
+    public hook lets a plugin word it), so the line is printed here and the memo dropped.
+    """
+    memo = getattr(tr, "_keyboardinterrupt_memo", None)
+    crash = getattr(memo, "reprcrash", None)
+    message = str(getattr(crash, "message", ""))
+    prefix = "_pytest.outcomes.Exit: "
+    if tr is None or not message.startswith(prefix):
+        return
+    tr.write_line(message.removeprefix(prefix), red=True, bold=True)
+    tr._keyboardinterrupt_memo = None
 
 
 # -- judging -----------------------------------------------------------------------------------
@@ -583,7 +608,9 @@ def _perf_source(config: pytest.Config, state: SignoffState) -> PerfHandOver | N
     comparison = collector.comparison or collector.judge()
     run = collector.run_result()
     reason = "" if comparison is not None else collector.no_baseline_reason()
-    return PerfHandOver(comparison, run, collector.baseline, path, reason)
+    return PerfHandOver(
+        comparison, run, collector.baseline, path, reason, collector.first_use_json()
+    )
 
 
 def _inconclusive_blocks(config: pytest.Config) -> bool:
@@ -623,6 +650,7 @@ def _performance(
         baseline=perf.baseline,
         baseline_path=perf.baseline_path,
         unavailable=perf.reason,
+        first_use=perf.first_use,
     )
     env_findings = [
         Finding(
@@ -683,6 +711,7 @@ def _build(session: pytest.Session, exitstatus: int, state: SignoffState) -> Sum
         extra_blocking=blocking,
         extra_undecided=env_findings,
     )
+    undecided = fold_first_use(undecided, perf.get("first_use"))  # said once, not per metric
     primary = diagnose(_facts(state, by_item))
     blocks = fold_blocking(blocks, items, primary)
     blocks_setting = _inconclusive_blocks(config)
@@ -731,7 +760,30 @@ def _build(session: pytest.Session, exitstatus: int, state: SignoffState) -> Sum
         primary=primary,
         health=health.summary() if health is not None else {},
         pacing=tuple(p.line() for p in health.pacing.values()) if health is not None else (),
+        selection=_selection(config, state, items, checklist.post_deploy_scope()),
     )
+
+
+def _selection(
+    config: pytest.Config,
+    state: SignoffState,
+    items: Sequence[ItemRecord],
+    required: Sequence[str],
+) -> dict[str, Any]:
+    """What this run selected, and the post-deployment items it left out (``selection``)."""
+    option = config.option
+    missing = missing_scope(items, required)
+    return {
+        "markexpr": getattr(option, "markexpr", "") or None,
+        "keyword": getattr(option, "keyword", "") or None,
+        "deselect": list(getattr(option, "deselect", None) or []),
+        "args": [str(a) for a in config.args],
+        "selected_tests": len(state.selected) if state.selected else None,
+        "deselected_tests": state.deselected,
+        "required_scope": "post_deploy",
+        "required_items": len(required),
+        "missing_items": missing,
+    }
 
 
 def _facts(state: SignoffState, by_item: dict[str, list[TestRecord]]) -> list[FailureFact]:
@@ -859,6 +911,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             yellow=True,
         )
     cov = summary.coverage
+    missing = summary.selection.get("missing_items") or []
+    if missing:
+        required = int(summary.selection.get("required_items") or 0)
+        tr.write_line(
+            f"scope: partial: this run covered {required - len(missing)} of {required} "
+            "post-deployment checklist items; `etlverify gate` refuses it as evidence unless "
+            "--allow-partial (summary.json `selection.missing_items` names the rest)",
+            yellow=True,
+        )
     if cov["outside_selection"]:
         tr.write_line(
             f"scope: {cov['in_scope']} of {cov['automated']} automated checklist items were in "

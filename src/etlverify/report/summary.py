@@ -58,6 +58,7 @@ __all__ = [
     "parse_time",
     "pipeline_run_id",
     "run_identity",
+    "target_facts",
     "target_fingerprint",
     "utc_now",
     "write_summary",
@@ -418,6 +419,30 @@ def _known(value: object) -> str | None:
     return None if text in ("", "?") else text
 
 
+def target_facts(status: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """What identifies a deployment, read from its ``/api/health/status`` body (contract section 3).
+
+    The one reader of those facts for every source (the pytest plugin, Locust, the watch, the
+    rollout), so the same deployment gets the same fingerprint whoever verified it:
+    ``target_version`` (``version``), ``build_commit`` (``build.commit``) and ``config_sha256``
+    (``config.sha256``). ``flags_sha256`` (``feature_flags.sha256``) is read for the record but is
+    not part of the fingerprint: flags are what a rollout changes between the pipeline's steps.
+    Unknown facts are None.
+    """
+    body = status if isinstance(status, dict) else {}
+
+    def part(name: str, key: str) -> str | None:
+        value = body.get(name)
+        return _known(value.get(key)) if isinstance(value, dict) else None
+
+    return {
+        "target_version": _known(body.get("version")),
+        "build_commit": part("build", "commit"),
+        "config_sha256": part("config", "sha256"),
+        "flags_sha256": part("feature_flags", "sha256"),
+    }
+
+
 def target_fingerprint(
     *,
     target_url: str | None,
@@ -425,21 +450,20 @@ def target_fingerprint(
     version: str | None = None,
     build_commit: str | None = None,
     config_sha256: str | None = None,
-    flags_sha256: str | None = None,
 ) -> str | None:
     """A short stable hash (16 hex digits) of what identifies the target; None when nothing does.
 
     A deployed target is its normalized base URL, version, build commit and the sha256 of its loaded
-    config and flags (each where known). The embedded reference is started by each run on a free
-    port from the same defaults, so it is identified by ``embedded``, version and build commit: a
-    pytest run and a Locust run of the same reference agree.
+    config (each where known). Its flags are not part of it: the staged rollout changes them while
+    the same deployment is verified, watched and rolled out. The embedded reference is started by
+    each run on a free port from the same defaults, so it is identified by ``embedded``, version and
+    build commit: a pytest run and a Locust run of the same reference agree.
     """
     facts: dict[str, str | None] = {
         "target": "embedded" if embedded else normalize_url(target_url),
         "version": _known(version),
         "build_commit": _known(build_commit),
         "config_sha256": None if embedded else _known(config_sha256),
-        "flags_sha256": None if embedded else _known(flags_sha256),
     }
     if embedded and facts["version"] is None and facts["build_commit"] is None:
         return None  # an embedded reference that never started: nothing identifies it
@@ -545,15 +569,14 @@ def run_identity(
     finished_at: str | None = None,
     target_url: str | None = None,
     embedded: bool = False,
-    target_version: str | None = None,
-    build_commit: str | None = None,
-    config_sha256: str | None = None,
-    flags_sha256: str | None = None,
+    facts: Mapping[str, Any] | None = None,
     pipeline_run: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``run`` block of a summary, as JSON (docs/report-schema.md, "run").
 
+    `facts` are the target's, as `target_facts()` reads them from ``/api/health/status`` (every
+    source passes them the same way: that is what makes one deployment one fingerprint).
     `pipeline_run` defaults to ``ETLPLUS_PIPELINE_RUN_ID`` of `env` (the process environment when
     `env` is None); `run_id` to a fresh random id; `started_at` to now. The target URL is written
     without credentials. Call it when the run ends, with the facts of the target it verified.
@@ -561,6 +584,7 @@ def run_identity(
     if tool not in TOOLS:
         raise ValueError(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}")
     url = normalize_url(target_url)
+    known = dict(facts or {})
     identity = RunIdentity(
         id=run_id or secrets.token_hex(8),
         pipeline_run_id=pipeline_run if pipeline_run is not None else pipeline_run_id(env),
@@ -570,10 +594,9 @@ def run_identity(
         target_fingerprint=target_fingerprint(
             target_url=url,
             embedded=embedded,
-            version=target_version,
-            build_commit=build_commit,
-            config_sha256=config_sha256,
-            flags_sha256=flags_sha256,
+            version=known.get("target_version"),
+            build_commit=known.get("build_commit"),
+            config_sha256=known.get("config_sha256"),
         ),
         tool=tool,
     )
@@ -608,6 +631,10 @@ class Summary:
     health: Mapping[str, Any] = field(default_factory=dict)
     #: what the suite had to pace to stay within the target's rate limits, one line each
     pacing: tuple[str, ...] = ()
+    #: what this run selected (``markexpr``, ``keyword``, ``args``, test counts) and the scope it
+    #: was meant to cover (``required_scope``, ``missing_items``); the gate adds ``partial`` (its
+    #: line) when ``--allow-partial`` accepted a narrower run (docs/report-schema.md)
+    selection: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -644,6 +671,7 @@ class Summary:
             "finished_at": self.finished_at,
             "counts": self.counts,
             "coverage": self.coverage,
+            "selection": dict(self.selection),
             "items": [i.to_json() for i in self.items],
             "unmapped_tests": [t.to_json() for t in self.unmapped_tests],
             "metrics": [m.to_json() for m in self.metrics],
@@ -711,6 +739,7 @@ class Summary:
             ),
             health=_dict(data, "health"),
             pacing=tuple(str(p) for p in _list(data, "pacing")),
+            selection=_dict(data, "selection"),
         )
 
 

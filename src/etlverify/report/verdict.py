@@ -62,6 +62,7 @@ __all__ = [
     "exit_code_for",
     "fold_blocking",
     "item_status",
+    "missing_scope",
     "worst",
 ]
 
@@ -189,8 +190,12 @@ def decide(
     unmapped_tests: Sequence[TestRecord] = (),
     extra_blocking: Sequence[Finding] = (),
     extra_undecided: Sequence[Finding] = (),
+    verified_elsewhere: bool = False,
 ) -> tuple[PromotionVerdict, tuple[Finding, ...], tuple[Finding, ...]]:
-    """The verdict, the blocking findings and the undecided ones (rules in the module docstring)."""
+    """The verdict, the blocking findings and the undecided ones (rules in the module docstring).
+
+    `verified_elsewhere`: the source judged something itself (a watch or rollout that ended
+    PASS), so a run with no items and no metrics of its own is not "nothing verified"."""
     blocking: list[Finding] = list(extra_blocking)
     undecided: list[Finding] = []
     scoped = [i for i in items if i.automation == "automated" and i.in_scope]
@@ -224,8 +229,10 @@ def decide(
                 Finding("trigger", trigger.name, f"FIRED - {trigger.reason}", trigger.source)
             )
     undecided.extend(extra_undecided)
-    verified = any(i.status is Status.PASSED for i in scoped) or any(
-        m.verdict == "PASS" for m in metrics
+    verified = (
+        verified_elsewhere
+        or any(i.status is Status.PASSED for i in scoped)
+        or any(m.verdict == "PASS" for m in metrics)
     )
     if not blocking and not undecided and not verified:
         undecided.append(Finding("run", "", "no automated checklist item was verified"))
@@ -285,3 +292,14 @@ def exit_code_for(
 def worst(verdicts: Iterable[PromotionVerdict]) -> PromotionVerdict:
     """The most severe verdict (PROMOTE for none)."""
     return max(verdicts, key=lambda v: v.rank, default=PromotionVerdict.PROMOTE)
+
+
+def missing_scope(items: Iterable[ItemRecord], required: Iterable[str]) -> list[str]:
+    """The `required` item ids (in their order) that no test of this run was selected for.
+
+    Scope is evidence: a run narrowed by ``-k``, ``-m`` or a path judged only what it selected,
+    so `etlverify gate` refuses it for the scope it did not cover (unless ``--allow-partial``).
+    An item absent from `items` (a summary of an older checklist) is missing too.
+    """
+    covered = {i.id for i in items if i.in_scope}
+    return [r for r in required if r not in covered]

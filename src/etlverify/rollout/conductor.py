@@ -26,6 +26,7 @@ import httpx
 from etlverify.deployment import deep_merge
 from etlverify.durations import format_duration, utc
 from etlverify.errors import CheckFailed, EtlVerifyError, TargetError
+from etlverify.report.summary import target_facts
 from etlverify.rollout.cohort import (
     CohortJudge,
     CohortResult,
@@ -34,6 +35,7 @@ from etlverify.rollout.cohort import (
     judge,
     judge_load,
 )
+from etlverify.target import read_status
 from etlverify.watch.state import append_line, read_lines, truncate_partial
 
 if TYPE_CHECKING:
@@ -167,6 +169,8 @@ class Conductor:
             "started",
             rollout_id=self.rollout_id,
             target_url=self.base_url,
+            # what identifies the deployment (its flags are what this rollout changes)
+            target=target_facts(read_status(self.base_url, 5.0)),
             plan=self.plan.to_json(),
             pid=os.getpid(),
             baseline=str(self.baseline_path.resolve()) if self.baseline_path else None,

@@ -225,6 +225,7 @@ def write_reports(conductor: Conductor, outcome: RolloutOutcome) -> None:
             started_at=str(first["at"]),
             finished_at=utc(time.time()),
             target_url=conductor.base_url,
+            facts=first.get("target") or {},
         ),
         "verdict": outcome.verdict,
         "exit_code": outcome.exit_code,
@@ -232,7 +233,7 @@ def write_reports(conductor: Conductor, outcome: RolloutOutcome) -> None:
         "incomplete": outcome.lines if outcome.verdict == "INCOMPLETE" else [],
         "baseline": "the outside cohort of each step (same process, same moments)"
         + (f"; both cohorts also against {conductor.baseline.name}" if conductor.baseline else ""),
-        "fingerprint": {},
+        "fingerprint": dict(first.get("target") or {}),
         "metrics": [],
         "triggers": triggers,
         "measured": [

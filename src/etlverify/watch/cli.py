@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from etlverify.contract import FLAG_BY_COMPONENT
 from etlverify.durations import format_duration, parse_duration
 from etlverify.errors import EtlVerifyError
 from etlverify.measure.results import MetricResult, WindowStats
-from etlverify.target import probe, unreachable_message
+from etlverify.report.summary import target_facts
+from etlverify.target import probe, read_status, unreachable_message
 from etlverify.watch.engine import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
@@ -223,6 +222,25 @@ def _plan(args: argparse.Namespace) -> WatchPlan:
     return plan
 
 
+def undecidable_warning(plan: WatchPlan) -> str | None:
+    """Why a watch of `plan` without ``--baseline`` can never judge the relative triggers, with
+    the way out; None when it can. Said in the first line, not found out minutes later."""
+    needed = (plan.baseline_windows + 1) * plan.window_s
+    if plan.duration_s >= needed:
+        return None
+    period = plan.baseline_windows * plan.window_s
+    return (
+        f"a watch of {format_duration(plan.duration_s)} cannot judge the relative triggers "
+        f"(response time, error rate): its baseline is its first {plan.baseline_windows} "
+        f"windows of {format_duration(plan.window_s)} ({format_duration(period)}), and at least "
+        "one window "
+        f"after them is needed ({format_duration(needed)}), so this watch will end INCONCLUSIVE. "
+        "Give --baseline FILE (an earlier watch's watch.json), or fewer or shorter baseline "
+        f"windows (--baseline-windows N, --window D), or watch for {format_duration(needed)} or "
+        "more"
+    )
+
+
 def _on_trigger(text: str) -> str:
     value = text.strip().lower()
     if value in ("none", "full"):
@@ -253,15 +271,6 @@ def load_watch_baseline(path: Path) -> dict[str, MetricResult]:
     except (KeyError, TypeError, ValueError) as exc:
         raise _Usage(f"--baseline {path}: a window is malformed: {exc}") from None
     return {name: MetricResult(name, tuple(ws)) for name, ws in by.items()}
-
-
-def _fingerprint(base_url: str, timeout: float, headers: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
-        body = httpx.get(f"{base_url}/api/health/status", timeout=timeout, headers=headers).json()
-        out["target_version"] = body.get("version")
-        out["build_commit"] = body.get("build_commit") or body.get("commit")
-    return out
 
 
 def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
@@ -295,6 +304,10 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
     except EtlVerifyError as exc:
         print(f"etlverify watch: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if baseline is None:
+        warning = undecidable_warning(plan)
+        if warning:
+            print(f"etlverify watch: {warning}", flush=True)
     try:
         if not base_url:
             from etlverify.embedded import EmbeddedTarget
@@ -351,7 +364,10 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
             baseline_label=f"{args.baseline} (an earlier watch)" if args.baseline else "",
             exporter=exporter,
             out=lambda line: print(line, flush=True),
-            fingerprint=_fingerprint(base_url, plan.request_timeout_s, headers),
+            fingerprint={
+                **target_facts(read_status(base_url, plan.request_timeout_s, headers)),
+                "embedded": embedded is not None,
+            },
             settings_view={
                 "notify": [redact(u) for u in args.notify],
                 "deploy_root": str(deploy_root) if deploy_root else None,

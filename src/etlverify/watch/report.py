@@ -262,16 +262,16 @@ def _summary(
 ) -> dict[str, Any]:
     meta = runner.meta
     watched, _ = runner.coverage()
-    fp = runner.fingerprint
+    # the target as it was when the watch started (kept in its state across a resume)
+    fp = dict(meta.get("fingerprint") or runner.fingerprint)
     run = run_identity(
         tool="watch",
         run_id=str(meta["watch_id"]),
         started_at=str(meta["started_at"]),
         finished_at=utc(time.time()),
         target_url=runner.base_url,
-        target_version=fp.get("target_version"),
-        build_commit=fp.get("build_commit"),
-        flags_sha256=fp.get("flags_sha256"),
+        embedded=bool(fp.get("embedded")),
+        facts=fp,
     )
     short = [f"{i['id']}: {i['reason']}" for i in items if i["status"] == "SHORT"]
     return {

@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from etlplus_reference import __version__
@@ -48,6 +48,7 @@ from etlplus_reference.errors import (
     now_iso,
     valid_correlation_id,
 )
+from etlplus_reference.exporter import CONTENT_TYPE, METRICS_PATH, UNMATCHED, Exporter
 from etlplus_reference.faults import (
     EXIT_AFTER_JOB_STATUS,
     FAULT_PATH,
@@ -81,6 +82,11 @@ _DRAIN_CAP = 64 * 1024 * 1024  # read and discard at most this much of a refused
 _CID_KEY = "etlplus.cid"
 _ERR_KEY = "etlplus.error"
 _SESSION_KEY = "etlplus.session"
+#: (X-User-Id, the flags active for it) of a request that sent one; POST /api/jobs stores them
+_USER_KEY = "etlplus.user"
+#: the longest creating user id a job keeps (a longer X-User-Id is cut; its cohort is decided on
+#: the whole id)
+_MAX_CREATED_BY = 256
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -203,6 +209,8 @@ class Server:
             faults=self.faults,
         )
         self.hub = Hub(self.journal, self.faults, cfg.ws_max_connections, cfg.ws_max_queue)
+        self.exporter = Exporter(self.hub)
+        self.hub.push_delay = self.exporter.push_delay
         self.jobs = JobManager(
             self.db, self.hub, self.journal, max_concurrent=cfg.jobs_max_concurrent
         )
@@ -415,11 +423,16 @@ class Server:
 
 
 class Gateway:
-    """Pure ASGI middleware: everything every request goes through, in one pass over the headers."""
+    """Pure ASGI middleware: everything every request goes through, in one pass over the headers.
 
-    def __init__(self, app: ASGIApp, server: Server) -> None:
+    It also counts every answered request for `/metrics` (its own answers too: an injected fault,
+    a 413, 429 or 401 is what a user saw), by the template of the route it is for.
+    """
+
+    def __init__(self, app: ASGIApp, server: Server, routes: list[BaseRoute]) -> None:
         self.app = app
         self.server = server
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -467,6 +480,7 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         srv = self.server
         srv.counters.total += 1
+        t0 = time.perf_counter()
         cid = uid = xff = auth = None
         length = -1
         for name, value in scope["headers"]:
@@ -486,21 +500,22 @@ class Gateway:
         extra: list[tuple[bytes, bytes]] = [(b"x-correlation-id", cid.encode())]
         names: list[str] = []  # the flags active for X-User-Id (decides the cohort faults too)
         if uid is not None:
-            names = active_names(srv.flags, uid.decode("utf-8", "replace"))
+            user = uid.decode("utf-8", "replace")
+            names = active_names(srv.flags, user)
+            scope[_USER_KEY] = (user, names)
             extra.append((b"x-feature-flags", ",".join(names).encode()))
         path: str = scope["path"]
-        started = False
-        t0 = time.perf_counter()
+        counted = path != METRICS_PATH  # a scrape does not count itself
+        answered = 0  # the status once the answer has started (0: not yet)
         # hostile non_json_errors: 0 off, else the error status whose HTML body replaces the
         # JSON one (-1 once sent: the rest of the original body is dropped)
         mangle = 0
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, mangle
+            nonlocal answered, mangle
             if message["type"] == "http.response.start":
-                started = True
+                status = answered = message["status"]
                 message["headers"] = [*message.get("headers", []), *extra]
-                status = message["status"]
                 if status >= 400:
                     self._log_error(scope, status, cid, path)
                     if srv.faults is not None and srv.faults.non_json_errors:
@@ -523,6 +538,12 @@ class Gateway:
                 }
                 mangle = -1
             await send(message)
+            if (
+                counted
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                self._count(scope, answered, t0)
 
         limit = srv.config.max_body_bytes
         received = 0
@@ -596,11 +617,12 @@ class Gateway:
                 srv.config.auth_enabled
                 and not is_open_path(path)
                 and not path.startswith(FAULT_PATH)
+                and path != METRICS_PATH  # open, like health: scrapers carry no token
             ):
                 scope[_SESSION_KEY] = srv.tokens.check(bearer_token(auth))
             await self.app(scope, receive_wrapper, send_wrapper)
         except ApiError as err:
-            if started:
+            if answered:
                 raise
             await error_response(scope, err)(scope, receive, send_wrapper)
         except Exception as exc:
@@ -613,10 +635,30 @@ class Gateway:
                 path=path,
                 traceback=" / ".join(traceback.format_exception(exc)[-3:]).replace("\n", " "),
             )
-            if started:
+            if answered:
                 raise
             internal = ApiError("INTERNAL_ERROR", "Internal server error", status=500)
             await error_response(scope, internal)(scope, receive, send_wrapper)
+
+    def _count(self, scope: Scope, status: int, t0: float) -> None:
+        """`/metrics`: one answered request, under its route's template."""
+        template = getattr(scope.get("route"), "path", None) or self._template(scope)
+        self.server.exporter.observe_request(
+            scope["method"], template, status, time.perf_counter() - t0
+        )
+
+    def _template(self, scope: Scope) -> str:
+        """The template of the route a request answered before routing (by a fault, a 413, 429
+        or 401) is for, as the router would choose it (a full match, else the first partial
+        one); `UNMATCHED` when no route knows the path."""
+        partial: str | None = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return str(getattr(route, "path", UNMATCHED))
+            if match is Match.PARTIAL and partial is None:
+                partial = str(getattr(route, "path", UNMATCHED))
+        return partial or UNMATCHED
 
     def _log_error(self, scope: Scope, status: int, cid: str, path: str) -> None:
         srv = self.server
@@ -876,7 +918,14 @@ def _job_routes() -> list[Route]:
         if request.method == "POST":
             _require_db(srv)
             body = await read_json(request)
-            job = await srv.jobs.create(body)
+            # the creating user (X-User-Id) and the cohorts it is inside now: the WebSocket
+            # cohort faults of the job's pushes follow them
+            user, names = request.scope.get(_USER_KEY, (None, ()))
+            job = await srv.jobs.create(
+                body,
+                created_by=None if user is None else user[:_MAX_CREATED_BY],
+                creator_flags=frozenset(names),
+            )
             if srv.faults is not None and srv.faults.exit_after_first_job_s is not None:
                 srv.faults.job_created(
                     lambda delay: srv.journal.fatal(
@@ -1120,6 +1169,12 @@ async def _ws_endpoint(ws: WebSocket) -> None:
     await srv.hub.serve(ws)
 
 
+async def _prometheus(request: Request) -> Response:
+    """`GET /metrics`: the Prometheus exposition (`exporter.py`)."""
+    body = _srv(request).exporter.render()
+    return Response(body, headers={"Content-Type": CONTENT_TYPE})
+
+
 # ---- exception handlers (inside Starlette's ExceptionMiddleware) -------------------------------
 
 
@@ -1178,6 +1233,7 @@ def create_app(
 
     routes: list[Route | WebSocketRoute] = [
         *_health_routes(),
+        Route(METRICS_PATH, _prometheus, methods=["GET"]),
         *_job_routes(),
         *_misc_routes(),
         WebSocketRoute("/ws", _ws_endpoint),
@@ -1190,5 +1246,5 @@ def create_app(
         exception_handlers={ApiError: _api_error_handler, HTTPException: _http_exception_handler},
     )
     app.state.server = server
-    app.add_middleware(Gateway, server=server)
+    app.add_middleware(Gateway, server=server, routes=app.router.routes)
     return app

@@ -47,6 +47,19 @@ for a `fraction` of requests, on the routes the plain `latency` / `errors` fault
 (`/api/...` except `/api/health*` and `/api/_faults`). Requests without `X-User-Id` or outside the
 cohort are untouched. A component's patch merges field by field into its current one; `null`
 removes it; one with nothing left to inject (0 ms, fraction 0) is dropped.
+
+**WebSocket cohort faults.** `{"cohorts": {"<component>": {"ws_delay_ms": MS, "ws_drop": F}}}`
+(next to or instead of `latency_ms` / `errors`, validated the same way: 400 naming the field,
+`ws_delay_ms` in 0-60000, `ws_drop` in 0-1) touch the WebSocket pushes of the jobs CREATED by a
+user inside that component's cohort: inside at creation time, by the `X-User-Id` of the job's
+`POST /api/jobs` (the job keeps the id and the flags then active for it). Every push of such a
+job reaches each connection `ws_delay_ms` later (the sum over the cohorts the creator was in;
+a delayed push holds back no other job's pushes, and a job's pushes keep their order), and a
+fraction `ws_drop` of them is silently lost per connection (inside several cohorts, a push
+survives only if it survives each). The pushes of jobs created without `X-User-Id` or by a user
+outside the cohort are untouched, as is everything not about a job (acks, system notifications).
+The settings are read at each push, so changing or clearing them applies to later pushes of
+jobs already running. `websocket.delay_ms` / `drop_fraction` still apply to every push on top.
 """
 
 from __future__ import annotations
@@ -101,8 +114,10 @@ MAX_AFTER_S = 604_800.0
 _MAX_MEMORY_LIMIT_MB = 1_048_576.0
 #: the largest `database_failures_per_min` (100 a second)
 _MAX_DB_FAILURES_PER_MIN = 6000.0
-#: the largest `latency_ms` of a cohort fault (a minute)
+#: the largest `latency_ms` / `ws_delay_ms` of a cohort fault (a minute)
 _MAX_COHORT_LATENCY_MS = 60_000.0
+#: the fields of a component's cohort fault
+_COHORT_FIELDS = ("latency_ms", "errors", "ws_delay_ms", "ws_drop")
 
 #: what `query_string_400` answers: a 400 whose body is not the contract's error shape
 QUERY_400_BODY = b'{"error": "bad query"}'
@@ -148,15 +163,31 @@ def _defaults() -> dict[str, Any]:
         "ignore_config_changes": False,
         "ignore_flag_changes": False,
         "crash": False,
-        # component -> {"latency_ms", "errors": {"fraction", "status"}}, for the users inside the
-        # component's flag cohort only
+        # component -> {"latency_ms", "errors": {"fraction", "status"}, "ws_delay_ms", "ws_drop"},
+        # for the users inside the component's flag cohort only (the WebSocket ones: for the
+        # pushes of jobs such a user created)
         "cohorts": {},
     }
 
 
 def _cohort_defaults() -> dict[str, Any]:
     """A component's cohort fault before its patch: nothing injected."""
-    return {"latency_ms": 0.0, "errors": {"fraction": 0.0, "status": 500}}
+    return {
+        "latency_ms": 0.0,
+        "errors": {"fraction": 0.0, "status": 500},
+        "ws_delay_ms": 0.0,
+        "ws_drop": 0.0,
+    }
+
+
+def _injects(entry: Mapping[str, Any]) -> bool:
+    """A cohort fault with something left to inject."""
+    return bool(
+        entry["latency_ms"] > 0
+        or entry["errors"]["fraction"] > 0
+        or entry["ws_delay_ms"] > 0
+        or entry["ws_drop"] > 0
+    )
 
 
 def _bad(field: str, what: str) -> ApiError:
@@ -189,7 +220,9 @@ def _status(value: Any, field: str) -> int:
 def _merge_cohorts(current: Mapping[str, Any], patch: Any) -> dict[str, Any]:
     """`cohorts` after `patch` (validated: ApiError, 400, naming the field); `current` untouched."""
     if not isinstance(patch, dict):
-        raise _bad("cohorts", "an object of component -> {latency_ms, errors}")
+        raise _bad(
+            "cohorts", "an object of component -> {latency_ms, errors, ws_delay_ms, ws_drop}"
+        )
     out = copy.deepcopy(dict(current))
     for name, spec in patch.items():
         field = f"cohorts.{name}"
@@ -199,12 +232,14 @@ def _merge_cohorts(current: Mapping[str, Any], patch: Any) -> dict[str, Any]:
             out.pop(name, None)
             continue
         if not isinstance(spec, dict):
-            raise _bad(field, "an object with latency_ms and/or errors, or null")
+            raise _bad(field, f"an object with some of {', '.join(_COHORT_FIELDS)}, or null")
         entry = out.get(name) or _cohort_defaults()
         for sub, value in spec.items():
             sub_field = f"{field}.{sub}"
-            if sub == "latency_ms":
+            if sub in ("latency_ms", "ws_delay_ms"):
                 entry[sub] = _number(value, sub_field, 0, _MAX_COHORT_LATENCY_MS)
+            elif sub == "ws_drop":
+                entry[sub] = _number(value, sub_field, 0, 1)
             elif sub == "errors":
                 if not isinstance(value, dict):
                     raise _bad(sub_field, "an object with fraction and/or status")
@@ -217,8 +252,8 @@ def _merge_cohorts(current: Mapping[str, Any], patch: Any) -> dict[str, Any]:
                     else:
                         raise _bad(err_field, "one of fraction, status (unknown field)")
             else:
-                raise _bad(sub_field, "one of latency_ms, errors (unknown field)")
-        if entry["latency_ms"] > 0 or entry["errors"]["fraction"] > 0:
+                raise _bad(sub_field, f"one of {', '.join(_COHORT_FIELDS)} (unknown field)")
+        if _injects(entry):
             out[name] = entry
         else:
             out.pop(name, None)  # nothing left to inject
@@ -574,11 +609,11 @@ class Faults:
         return best / 1000
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep `seconds`; with per-route or cohort latency set, precisely (the event loop's
-        timers round to whole milliseconds, too coarse for +25% of a 5 ms route): sleep to
-        within 2 ms of the deadline, then yield until it passes."""
-        if not self.state["latency"]["routes"] and not self.state["cohorts"]:
-            await asyncio.sleep(seconds)
+        """Sleep `seconds` precisely: the event loop's timers round to whole milliseconds (uvloop's
+        libuv timers round a 0.48 ms sleep to 0, so +50% of a 1 ms route vanished on a fast host
+        and a CI run missed an injected regression), so sleep to within 2 ms of the deadline,
+        then yield until it passes."""
+        if seconds <= 0:
             return
         deadline = time.perf_counter() + seconds
         if seconds > 0.002:
@@ -625,6 +660,20 @@ class Faults:
             if fraction > 0 and random.random() < fraction:
                 return int(spec["errors"]["status"]), name
         return None
+
+    def ws_cohort(self, creator_flags: Collection[str]) -> tuple[float, float]:
+        """(delay in seconds, drop fraction) of a push of a job whose creator had
+        `creator_flags` active at creation: the sum of the `ws_delay_ms` of every cohort the
+        creator was inside, and the chance that a push is lost to at least one `ws_drop`."""
+        cohorts: dict[str, dict[str, Any]] = self.state["cohorts"]
+        if not cohorts or not creator_flags:
+            return 0.0, 0.0
+        delay_ms, survive = 0.0, 1.0
+        for name, spec in cohorts.items():
+            if COMPONENT_FLAGS[name] in creator_flags:
+                delay_ms += float(spec["ws_delay_ms"])
+                survive *= 1.0 - float(spec["ws_drop"])
+        return delay_ms / 1000, 1.0 - survive
 
     def db_fails(self) -> bool:
         """True when this database operation must fail (called on the database threads)."""

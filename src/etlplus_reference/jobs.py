@@ -22,6 +22,11 @@ Restart: pending jobs stay pending and run; running jobs resume at the first bat
 every counter monotone. Nothing a client saw goes backwards.
 
 Concurrency: at most `jobs.max_concurrent` jobs run at once; the rest wait as `pending`.
+
+Creator: a job keeps the `X-User-Id` of its POST (`createdBy` in its detail) and the flags active
+for that user at creation (persisted, as columns a database of an older reference gains at
+start); the WebSocket cohort faults (`faults.py`) touch the pushes of the jobs whose creator was
+inside the cohort. A job created without `X-User-Id` is outside every cohort.
 """
 
 from __future__ import annotations
@@ -77,7 +82,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     processed INTEGER NOT NULL DEFAULT 0,
     successful INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    created_by TEXT,
+    creator_flags TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS records (
     job_id TEXT NOT NULL,
@@ -151,6 +158,10 @@ class Job:
     successful: int = 0
     failed: int = 0
     error: str | None = None
+    #: the X-User-Id of its POST /api/jobs (None without one)
+    created_by: str | None = None
+    #: the flags active for `created_by` at creation: whose cohort faults touch its pushes
+    creator_flags: frozenset[str] = frozenset()
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
@@ -190,6 +201,8 @@ class Job:
         }
         if self.error is not None:
             out["errorMessage"] = self.error
+        if self.created_by is not None:
+            out["createdBy"] = self.created_by
         return out
 
     def metrics(self) -> dict[str, Any]:
@@ -247,8 +260,25 @@ class _JobFailure(Exception):
 
 _COLUMNS = (
     "job_id, type, status, source_config, target_config, created_at, started_at, completed_at,"
-    " progress, current_step, processed, successful, failed, error"
+    " progress, current_step, processed, successful, failed, error, created_by, creator_flags"
 )
+#: columns added since the first schema: (name, declaration) for ALTER TABLE on older databases
+_ADDED_COLUMNS = (("created_by", "TEXT"), ("creator_flags", "TEXT NOT NULL DEFAULT ''"))
+
+
+def _job_from_row(row: tuple[Any, ...]) -> Job:
+    *fields, created_by, creator_flags = row
+    job = Job(*fields)
+    job.created_by = created_by
+    job.creator_flags = frozenset(name for name in (creator_flags or "").split(",") if name)
+    return job
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    have = {row[1] for row in c.execute("PRAGMA table_info(jobs)")}
+    for name, declaration in _ADDED_COLUMNS:
+        if name not in have:
+            c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
 
 class JobManager:
@@ -270,12 +300,13 @@ class JobManager:
 
     async def start(self) -> None:
         """Load every persisted job; run pending ones and resume running ones."""
+        await self.db.run(_migrate, write=True)
         rows = await self.db.run(
             lambda c: c.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq").fetchall()
         )
         resumed = 0
         for row in rows:
-            job = Job(*row)
+            job = _job_from_row(row)
             self.jobs[job.job_id] = job
             self.counts[job.status] = self.counts.get(job.status, 0) + 1
             if job.status not in TERMINAL:
@@ -303,8 +334,15 @@ class JobManager:
             )
         return job
 
-    async def create(self, body: Any) -> Job:
-        """Validate, persist and schedule a new job."""
+    async def create(
+        self,
+        body: Any,
+        *,
+        created_by: str | None = None,
+        creator_flags: frozenset[str] = frozenset(),
+    ) -> Job:
+        """Validate, persist and schedule a new job (`created_by`: the X-User-Id of its POST,
+        `creator_flags`: the flags active for that user now)."""
         jtype, source, target, job_id, _params = validate_create(body)
         if job_id is None:
             job_id = f"job_{int(time.time() * 1000):x}{self._next:06x}"
@@ -317,7 +355,16 @@ class JobManager:
             )
         self._reserved.add(job_id)
         try:
-            job = Job(job_id, jtype, "pending", source, target, time.time())
+            job = Job(
+                job_id,
+                jtype,
+                "pending",
+                source,
+                target,
+                time.time(),
+                created_by=created_by,
+                creator_flags=creator_flags if created_by is not None else frozenset(),
+            )
             await self.db.run(_insert_job(job), write=True)
         finally:
             self._reserved.discard(job_id)
@@ -397,7 +444,8 @@ class JobManager:
         if job.error is not None:
             data["errorMessage"] = job.error
         hub = self.hub
-        hub.publish("job_status_update", data, target_job_id=job.job_id)
+        flags = job.creator_flags
+        hub.publish("job_status_update", data, target_job_id=job.job_id, creator_flags=flags)
         level = {"failed": "WARN", "cancelled": "WARN"}.get(new, "INFO")
         hub.publish(
             "job_log_message",
@@ -411,12 +459,14 @@ class JobManager:
             },
             target_job_id=job.job_id,
             level=level,
+            creator_flags=flags,
         )
         if new in TERMINAL:
             hub.publish(
                 "job_metrics_update",
                 {"jobId": job.job_id, "metrics": job.metrics()},
                 target_job_id=job.job_id,
+                creator_flags=flags,
             )
             self.journal.log(
                 level,
@@ -558,6 +608,7 @@ class JobManager:
                     "batches": batches,
                 },
                 target_job_id=jid,
+                creator_flags=job.creator_flags,
             )
 
 
@@ -567,8 +618,8 @@ class JobManager:
 def _insert_job(job: Job) -> Any:
     def run(c: sqlite3.Connection) -> None:
         c.execute(
-            "INSERT INTO jobs (job_id, type, status, source_config, target_config, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (job_id, type, status, source_config, target_config, created_at,"
+            " created_by, creator_flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.job_id,
                 job.type,
@@ -576,6 +627,8 @@ def _insert_job(job: Job) -> Any:
                 job.source_config,
                 job.target_config,
                 job.created_at,
+                job.created_by,
+                ",".join(sorted(job.creator_flags)),
             ),
         )
 

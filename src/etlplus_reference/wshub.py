@@ -5,6 +5,12 @@ every matching connection's bounded queue (no awaits, so order is the publish or
 task per connection drains its queue. A reader too slow to keep up fills its queue and is closed
 with 1013 without anyone else noticing.
 
+WebSocket cohort faults (`faults.py`) are decided at publish, from the flags the job's creator had
+at creation: a dropped push is not queued for that connection, a delayed one waits in one heap
+ordered by (due time, publish order), behind one timer, and is queued when due, so it holds back
+no other job's pushes. Every queued push carries its publish time; `push_delay` (the `/metrics`
+histogram) observes publish -> send of every push actually sent.
+
 Pings: ASGI gives an application no access to WebSocket ping frames, so protocol pings are uvicorn's
 job; `uvicorn_ws_options` turns `websocket.ping_interval_s`/`ping_misses` into uvicorn's
 `ws_ping_interval` / `ws_ping_timeout` (interval * misses).
@@ -13,8 +19,12 @@ job; `uvicorn_ws_options` turns `websocket.ping_interval_s`/`ping_misses` into u
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import os
+import random
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +34,9 @@ from etlplus_reference.errors import json_bytes, now_iso
 from etlplus_reference.logs import LEVELS
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from prometheus_client import Histogram
     from starlette.websockets import WebSocket
 
     from etlplus_reference.faults import Faults
@@ -43,6 +56,9 @@ MESSAGE_TYPES = frozenset(
     }
 )
 _SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+#: a queued message: (text, publish time on `time.perf_counter`; 0.0 for direct answers such as
+#: acks, which are not pushes and stay out of the push-delay histogram)
+_Queued = tuple[str, float]
 
 
 def uvicorn_ws_options(ping_interval_s: float, ping_misses: int) -> dict[str, Any]:
@@ -124,7 +140,7 @@ class Connection:
     def __init__(self, ws: WebSocket, max_queue: int) -> None:
         self.id = os.urandom(8).hex()
         self.ws = ws
-        self.queue: asyncio.Queue[str] = asyncio.Queue(max_queue)
+        self.queue: asyncio.Queue[_Queued] = asyncio.Queue(max_queue)
         self.sub = Subscription()
         self.sender: asyncio.Task[None] | None = None
         self.closing = False
@@ -149,6 +165,15 @@ class Hub:
         self.refused = 0
         self.running = True
         self._closers: set[asyncio.Task[None]] = set()
+        #: observes publish -> send of every push sent (`/metrics`), when set
+        self.push_delay: Histogram | None = None
+        # pushes held back by a WebSocket cohort fault: (due, seq, job id, message, connections)
+        self._delayed: list[tuple[float, int, str, _Queued, list[Connection]]] = []
+        self._delayed_seq = itertools.count()
+        #: the latest due time per job with pushes in `_delayed`: a job's pushes keep their order
+        #: when its delay shrinks
+        self._job_due: dict[str, float] = {}
+        self._delay_timer: asyncio.TimerHandle | None = None
 
     @property
     def messages_queued(self) -> int:
@@ -177,19 +202,78 @@ class Hub:
         *,
         target_job_id: str | None = None,
         level: str | None = None,
+        creator_flags: Collection[str] = (),
     ) -> None:
-        """Serialize once and enqueue to every matching connection (in publish order)."""
+        """Serialize once and enqueue to every matching connection (in publish order).
+
+        `creator_flags`: for a job's push, the flags its creator had at creation (whose
+        WebSocket cohort faults delay or drop it).
+        """
         if not self.connections:
             return
         text = self.envelope(mtype, data, target_job_id, level)
         self.messages_published += 1
+        item = (text, time.perf_counter())
+        delay_s = drop = 0.0
+        faults = self.faults
+        if creator_flags and target_job_id is not None and faults is not None and faults.active:
+            delay_s, drop = faults.ws_cohort(creator_flags)
+        # a job with pushes still held waits behind them even when its delay is gone
+        hold = delay_s > 0 or (bool(self._job_due) and target_job_id in self._job_due)
+        held: list[Connection] = []
         for conn in list(self.connections.values()):
             if conn.closing or not conn.sub.matches(mtype, target_job_id, level):
                 continue
+            if drop > 0 and random.random() < drop:
+                self.messages_dropped += 1
+                continue
+            if hold:
+                held.append(conn)
+                continue
             try:
-                conn.queue.put_nowait(text)
+                conn.queue.put_nowait(item)
             except asyncio.QueueFull:
                 self._overflow(conn)
+        if held and target_job_id is not None:
+            self._hold(target_job_id, item, held, delay_s)
+
+    def _hold(self, job_id: str, item: _Queued, conns: list[Connection], delay_s: float) -> None:
+        """Queue `item` to `conns` `delay_s` from now (a WebSocket cohort fault), and never
+        before the job's pushes held already."""
+        loop = asyncio.get_running_loop()
+        due = max(loop.time() + delay_s, self._job_due.get(job_id, 0.0))
+        self._job_due[job_id] = due
+        entry = (due, next(self._delayed_seq), job_id, item, conns)
+        heapq.heappush(self._delayed, entry)
+        if self._delayed[0] is entry:  # the new head: the timer must fire earlier
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+        self._delay_timer = None
+        if self._delayed:
+            self._delay_timer = loop.call_at(self._delayed[0][0], self._release, loop)
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: queue every held push that is due, in order, then wait for the next."""
+        self._delay_timer = None
+        now = loop.time() + 0.001  # a timer may run a clock tick early
+        released: set[str] = set()
+        while self._delayed and self._delayed[0][0] <= now:
+            _due, _seq, job_id, item, conns = heapq.heappop(self._delayed)
+            released.add(job_id)
+            for conn in conns:
+                if conn.closing or self.connections.get(conn.id) is not conn:
+                    continue  # gone while its push was held
+                try:
+                    conn.queue.put_nowait(item)
+                except asyncio.QueueFull:
+                    self._overflow(conn)
+        for job_id in released:
+            if self._job_due.get(job_id, 0.0) <= now:
+                del self._job_due[job_id]
+        self._arm(loop)
 
     def system_notification(self, event: str, **fields: Any) -> None:
         """Publish a `system_notification` with `event` and extra fields."""
@@ -228,7 +312,7 @@ class Hub:
     async def _sender(self, conn: Connection) -> None:
         faults = self.faults
         while True:
-            text = await conn.queue.get()
+            text, published = await conn.queue.get()
             if faults is not None and faults.active:
                 delay = faults.ws_delay_s
                 if delay > 0:
@@ -241,10 +325,12 @@ class Hub:
             except _SEND_ERRORS:
                 return
             self.messages_sent += 1
+            if published and self.push_delay is not None:
+                self.push_delay.observe(time.perf_counter() - published)
 
     def _send_direct(self, conn: Connection, mtype: str, data: dict[str, Any]) -> None:
         try:
-            conn.queue.put_nowait(self.envelope(mtype, data))
+            conn.queue.put_nowait((self.envelope(mtype, data), 0.0))
         except asyncio.QueueFull:
             self._overflow(conn)
 
@@ -329,6 +415,11 @@ class Hub:
     async def close_all(self, code: int = 1001) -> None:
         """Shutdown: stop senders and close every connection."""
         self.running = False
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        self._delayed.clear()
+        self._job_due.clear()
         conns = list(self.connections.values())
         self.connections.clear()
         for conn in conns:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from contract_support import (
     HTTP_TIMEOUT,
+    QUICK_PROFILE,
     REFERENCE_OVERRIDES,
     TERMINAL,
     Api,
@@ -26,7 +27,9 @@ from contract_support import (
     drain,
     file_sha256,
     is_status,
+    parse_iso,
     poll_until,
+    recv_json,
     recv_until,
     start_target,
     ws_connect,
@@ -130,6 +133,28 @@ def test_latency(fapi: Api) -> None:
     t0 = time.perf_counter()
     assert fapi.get("/api/jobs").status_code == 200
     assert time.perf_counter() - t0 < 0.3
+
+
+def test_sub_millisecond_latency_is_not_rounded_away(fapi: Api) -> None:
+    """uvloop's timers round a 0.45 ms sleep to 0: the latency fault sleeps precisely, so +50% of
+    a 1 ms route is there on a fast host too (a CI run missed such an injected regression).
+    Minimums over many requests: noise only ever adds time."""
+
+    def fastest(n: int = 60) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fapi.get("/api/jobs?limit=1")
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    base = fastest()
+    _set(fapi, latency={"ms": 0.45})
+    try:
+        slowed = fastest()
+    finally:
+        fapi.request("DELETE", FAULTS)
+    assert slowed - base >= 0.0003, f"fastest {base * 1000:.3f} ms -> {slowed * 1000:.3f} ms"
 
 
 @pytest.mark.parametrize(
@@ -495,7 +520,12 @@ def test_cohort_latency_only_inside_the_cohort(
     body = _set(fapi, cohorts={"request_handler": {"latency_ms": 200}})
     assert body["active"] is True, body
     assert body["cohorts"] == {
-        "request_handler": {"latency_ms": 200.0, "errors": {"fraction": 0.0, "status": 500}}
+        "request_handler": {
+            "latency_ms": 200.0,
+            "errors": {"fraction": 0.0, "status": 500},
+            "ws_delay_ms": 0.0,
+            "ws_drop": 0.0,
+        }
     }, body["cohorts"]
     for _ in range(3):
         took, r = _timed_get(fapi, "/api/jobs", inside)
@@ -611,6 +641,13 @@ def test_scheduled_cohort_fault(
         ({"cohorts": {"types": {"errors": 1}}}, "cohorts.types.errors"),
         ({"cohorts": {"types": {"errors": {"nope": 1}}}}, "cohorts.types.errors.nope"),
         ({"cohorts": {"websocket": {"nope": 1}}}, "cohorts.websocket.nope"),
+        ({"cohorts": {"websocket": {"ws_delay_ms": -1}}}, "cohorts.websocket.ws_delay_ms"),
+        ({"cohorts": {"websocket": {"ws_delay_ms": 60_001}}}, "cohorts.websocket.ws_delay_ms"),
+        ({"cohorts": {"websocket": {"ws_delay_ms": "40"}}}, "cohorts.websocket.ws_delay_ms"),
+        ({"cohorts": {"websocket": {"ws_drop": 1.5}}}, "cohorts.websocket.ws_drop"),
+        ({"cohorts": {"websocket": {"ws_drop": -0.1}}}, "cohorts.websocket.ws_drop"),
+        ({"cohorts": {"websocket": {"ws_drop": True}}}, "cohorts.websocket.ws_drop"),
+        ({"cohorts": {"logger": {"ws_drop": None}}}, "cohorts.logger.ws_drop"),
         ({"after_s": 5, "cohorts": {"bogus": {}}}, "cohorts.bogus"),
     ],
 )
@@ -622,3 +659,140 @@ def test_invalid_cohort_faults_are_400(fapi: Api, body: dict[str, object], field
     assert now["active"] is False, now
     assert now["cohorts"] == {}, now
     assert now["scheduled"] == [], now
+
+
+# --- WebSocket cohort faults: the pushes of jobs created by a user inside a cohort ------------
+
+_WS_FLAG = "new_websocket_manager"
+#: a job with a few pushes over about half a second
+_WS_JOB = "rows=100;batch=20;delay_ms=100"
+
+
+def _create_as(api: Api, user: str | None, source_config: str = _WS_JOB) -> str:
+    """POST a job with `user` as its X-User-Id (none when None); its id."""
+    headers = {"X-User-Id": user} if user is not None else {}
+    body = {"type": "EXTRACT", "source_config": source_config, "target_config": "sink=memory"}
+    r = api.post("/api/jobs", json=body, headers=headers)
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["job_id"])
+
+
+def _lags(msgs: list[dict[str, Any]], job_id: str) -> list[tuple[float, str]]:
+    """(seconds from each push's server timestamp to its arrival, type) for `job_id`'s pushes,
+    from messages stamped on arrival by `_collect`."""
+    return [
+        (m["_arrived"] - parse_iso(m["data"]["timestamp"]).timestamp(), m["type"])
+        for m in msgs
+        if m["data"].get("jobId") == job_id
+    ]
+
+
+def _collect(ws: Any, job_ids: set[str], timeout: float) -> list[dict[str, Any]]:
+    """Messages until every job in `job_ids` has pushed a terminal status; each is stamped with
+    its arrival time (`_arrived`, epoch seconds)."""
+    out: list[dict[str, Any]] = []
+    waiting = set(job_ids)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no terminal push of {sorted(waiting)} within {timeout} s"
+        try:
+            msg = recv_json(ws, left)
+        except TimeoutError:
+            continue
+        msg["_arrived"] = time.time()
+        out.append(msg)
+        data = msg.get("data") or {}
+        if msg.get("type") == "job_status_update" and data.get("status") in TERMINAL:
+            waiting.discard(data.get("jobId"))
+    return out
+
+
+@pytest.fixture
+def job_ws(faulty: EmbeddedTarget) -> Iterator[Any]:
+    """A WebSocket subscribed to job status and progress pushes."""
+    with ws_connect(faulty) as ws:
+        ws.send(
+            '{"type": "subscribe", "data": {"messageTypes": '
+            '["job_status_update", "job_progress_update"]}}'
+        )
+        recv_until(ws, lambda m: m["type"] == "connection_ack", timeout=5)
+        yield ws
+
+
+def test_ws_cohort_delay_only_for_jobs_of_inside_users(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None], job_ws: Any
+) -> None:
+    """new_websocket_manager at 50% and a websocket cohort ws_delay_ms of 400: every push of a
+    job created by an inside user arrives about 400 ms late, in order; the pushes of jobs created
+    at the same time by an outside user or without X-User-Id, on the same connection, are not
+    held back. The job keeps its creator (createdBy)."""
+    cohort_flags({_WS_FLAG: 50})
+    inside, outside = _cohort_users(50)
+    body = _set(fapi, cohorts={"websocket": {"ws_delay_ms": 400}})
+    assert body["cohorts"] == {
+        "websocket": {
+            "latency_ms": 0.0,
+            "errors": {"fraction": 0.0, "status": 500},
+            "ws_delay_ms": 400.0,
+            "ws_drop": 0.0,
+        }
+    }, body["cohorts"]
+    late = _create_as(fapi, inside)
+    prompt = _create_as(fapi, outside)
+    anonymous = _create_as(fapi, None)
+    msgs = _collect(job_ws, {late, prompt, anonymous}, timeout=20)
+
+    late_lags = _lags(msgs, late)
+    assert len(late_lags) >= 3, late_lags
+    assert min(lag for lag, _ in late_lags) >= 0.38, f"inside user's job: {late_lags}"
+    assert max(lag for lag, _ in late_lags) < 2.0, f"inside user's job: {late_lags}"
+    statuses = [
+        m["data"]["status"]
+        for m in msgs
+        if m["type"] == "job_status_update" and m["data"]["jobId"] == late
+    ]
+    assert statuses == ["running", "completed"], statuses
+    for job_id in (prompt, anonymous):
+        lags = sorted(lag for lag, _ in _lags(msgs, job_id))
+        assert lags, f"no pushes of {job_id}"
+        assert lags[len(lags) // 2] < 0.3, f"job {job_id} was held back: {lags}"
+    assert fapi.job(late)["createdBy"] == inside
+    assert fapi.job(prompt)["createdBy"] == outside
+    assert "createdBy" not in fapi.job(anonymous)
+
+
+def test_ws_cohort_drop_loses_every_push_of_inside_jobs(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None], job_ws: Any
+) -> None:
+    """ws_drop 1.0: no push of a job created by an inside user arrives; the jobs of an outside
+    user and without X-User-Id push as usual; the dropped pushes are really lost (the job still
+    completes)."""
+    cohort_flags({_WS_FLAG: 50})
+    inside, outside = _cohort_users(50)
+    _set(fapi, cohorts={"websocket": {"ws_drop": 1.0}})
+    lost = _create_as(fapi, inside, QUICK_PROFILE)
+    fapi.wait_status(lost, TERMINAL)
+    seen = {_create_as(fapi, outside, QUICK_PROFILE), _create_as(fapi, None, QUICK_PROFILE)}
+    msgs = _collect(job_ws, seen, timeout=20)
+    assert not [m for m in msgs if m["data"].get("jobId") == lost], "a dropped push arrived"
+    assert fapi.job(lost)["status"] == "completed"
+
+
+def test_ws_cohort_is_decided_at_job_creation(
+    fapi: Api, cohort_flags: Callable[[dict[str, float]], None], job_ws: Any
+) -> None:
+    """A job created while its user is outside the cohort stays outside when the flag then
+    admits the user; a job the user creates afterwards is inside."""
+    inside, _ = _cohort_users(50)
+    cohort_flags({_WS_FLAG: 0})
+    _set(fapi, cohorts={"websocket": {"ws_delay_ms": 400}})
+    before = _create_as(fapi, inside, "rows=150;batch=5;delay_ms=100")  # 3 s of pushes
+    cohort_flags({_WS_FLAG: 50})
+    flag_on = time.time()
+    after = _create_as(fapi, inside)
+    msgs = _collect(job_ws, {before, after}, timeout=30)
+    later = sorted(lag for lag, _ in _lags([m for m in msgs if m["_arrived"] > flag_on], before))
+    assert later, "no push of the earlier job after the flag change"
+    assert later[len(later) // 2] < 0.3, f"the job created outside was held back: {later}"
+    assert min(lag for lag, _ in _lags(msgs, after)) >= 0.38, _lags(msgs, after)

@@ -434,3 +434,24 @@ def test_paired_windows_fail_a_cohort_whose_change_the_busy_windows_dilute() -> 
     slowed = constant_metric([v * (1.25 if v < 3 else 1.10) for v in BUSY_HALFWAY], n=60)
     verdict = judge_paired(ROUTE, "p50", parse_spec("p50:10%,+2sd"), reference, slowed)
     assert verdict.verdict is Verdict.FAIL, verdict.line()
+
+
+def test_a_baseline_that_is_not_comparable_judges_no_relative_trigger(tmp_path: Path) -> None:
+    """Issue 16: another CPU (or another load plan) makes the response-time and error-rate
+    triggers NOT JUDGED with the reason, whatever the numbers say; absolute ones still count."""
+    path = tmp_path / "other.json"
+    record(path, lognormal_run(1, median_ms=2.0), environment=_fp(LOAD, cpu_model="Fast CPU"))
+    here = _fp(LOAD, cpu_model="Slow CPU")
+    cmp = compare(load(path), lognormal_run(2, median_ms=8.0), environment=here)  # +300%
+    by = {t.name: t for t in cmp.triggers}
+    rt = by["response_time_degradation"]
+    assert rt.state.value == "UNKNOWN", rt.reason
+    assert rt.reason.startswith("not judged: the baseline is not comparable: ")
+    assert "as measured: FIRED" in rt.reason
+    assert by["error_rate_increase"].reason.startswith("not judged")
+    assert not cmp.rollback
+    assert by["unavailability"].state.value == "CLEAR"  # absolute: judged
+    # allowed explicitly: judged as measured
+    allowed = compare(load(path), lognormal_run(2, median_ms=8.0), environment=here,
+                      allow_foreign=True)  # fmt: skip
+    assert {t.name: t for t in allowed.triggers}["response_time_degradation"].fired

@@ -187,3 +187,42 @@ def test_response_time_trigger_fires_on_a_sustained_degradation() -> None:
     )
     assert result.state is TriggerState.FIRED
     assert "p=" in result.reason
+
+
+def _windows(latencies_ms: Sequence[float], *, n: int = 200) -> MetricResult:
+    """One window per latency (each window's samples all at that latency)."""
+    rec = LatencyRecorder(windows=len(latencies_ms), window_s=12.0)
+    rec.touch(ROUTE)
+    for w, ms in enumerate(latencies_ms):
+        for _ in range(n):
+            rec.record(ROUTE, ms / 1000.0, window=w)
+    return rec.result(ROUTE)
+
+
+def _response(base: MetricResult, cur: MetricResult) -> Any:
+    (t,) = [x for x in evaluate_triggers({ROUTE: base}, run(cur)) if x.name.startswith("response")]
+    return t
+
+
+def test_response_time_floor_follows_the_baseline_noise() -> None:
+    """Issue 16: the trigger's floor is the larger of 1 ms and 3 sd of the baseline's windows, so
+    under noise it does not fail before the 10% rule (a busy host: +58% of a 1.8 ms p95 with a
+    fixed +1 ms floor fired; the 10% rule's noise floors all passed)."""
+    quiet = _windows([1.8, 1.8, 1.8, 1.8, 1.8])
+    noisy = _windows([1.2, 2.4, 1.5, 2.2, 1.7])  # sd ~0.5 ms: 3 sd ~1.5 ms
+    slower = _windows([2.85, 2.8, 2.9, 2.82, 2.88])  # +58%, +1.05 ms
+    assert _response(quiet, slower).state is TriggerState.FIRED
+    held = _response(noisy, slower)
+    assert held.state is TriggerState.CLEAR, held.reason
+    assert "sd of the baseline's windows" in held.reason
+    # a real +100% beyond the noise still fires
+    assert _response(noisy, _windows([3.8, 3.9, 3.7, 3.85, 3.8])).state is TriggerState.FIRED
+
+
+def test_response_time_needs_enough_samples_in_every_window() -> None:
+    """The 10% rule's guard: a p95 needs 5 samples beyond it in each window (100 per window)."""
+    base = _windows([1.0] * 5, n=200)
+    thin = _windows([5.0] * 5, n=60)
+    t = _response(base, thin)
+    assert t.state is TriggerState.UNKNOWN
+    assert "too thin" in t.reason

@@ -19,7 +19,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from watch_support import free_port
 
-from etlverify.watch.exporter import METRICS, ExporterError, WatchExporter, WatchSnapshot
+from etlverify.watch.exporter import (
+    METRICS,
+    ExporterError,
+    SourceFigures,
+    WatchExporter,
+    WatchSnapshot,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -27,6 +33,19 @@ if TYPE_CHECKING:
 DASHBOARD = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "etlverify-watch.json"
 PROMETHEUS = shutil.which("prometheus")
 HTTP_TIMEOUT_S = 5.0
+
+#: the users' signals (issue 15), exported before ops/grafana/etlverify-watch.json has panels for
+#: them (that file is another change's); a panel that charts one must take it out of this set
+NOT_CHARTED_YET = frozenset(
+    {
+        "etlverify_watch_source_available",
+        "etlverify_watch_source_requests",
+        "etlverify_watch_source_errors",
+        "etlverify_watch_source_error_rate_percent",
+        "etlverify_watch_source_latency_ms",
+        "etlverify_watch_trigger_source",
+    }
+)
 
 # (metric name, sorted label pairs) -> value
 Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -48,6 +67,12 @@ def snapshot(**changes: Any) -> WatchSnapshot:
         db_failures_per_min=0.0,
         triggers={"unavailability": "CLEAR", "error_rate_increase": "FIRED", "memory": "UNKNOWN"},
         notifications_failed=2,
+        sources={
+            "counters": SourceFigures(True, requests=1512, errors=3, error_rate_pct=0.2),
+            "prometheus": SourceFigures(False),
+            "probes": SourceFigures(True, 12, 0, 0.0, latency_ms=2.5),
+        },
+        decided_by={"error_rate_increase": "counters", "response_time_degradation": "probes"},
     )
     return dataclasses.replace(snap, **changes)
 
@@ -100,7 +125,21 @@ def test_observe_publishes_every_figure(exporter: WatchExporter) -> None:
         key("etlverify_watch_trigger_fired", trigger="unavailability", **w): 0.0,
         key("etlverify_watch_trigger_fired", trigger="error_rate_increase", **w): 1.0,
         key("etlverify_watch_notifications_failed", **w): 2.0,
-    }
+        key("etlverify_watch_source_available", source="counters", **w): 1.0,
+        key("etlverify_watch_source_available", source="prometheus", **w): 0.0,
+        key("etlverify_watch_source_available", source="probes", **w): 1.0,
+        key("etlverify_watch_source_requests", source="counters", **w): 1512.0,
+        key("etlverify_watch_source_requests", source="probes", **w): 12.0,
+        key("etlverify_watch_source_errors", source="counters", **w): 3.0,
+        key("etlverify_watch_source_errors", source="probes", **w): 0.0,
+        key("etlverify_watch_source_error_rate_percent", source="counters", **w): 0.2,
+        key("etlverify_watch_source_error_rate_percent", source="probes", **w): 0.0,
+        key("etlverify_watch_source_latency_ms", source="probes", quantile="p50", **w): 2.5,
+        key("etlverify_watch_trigger_source", trigger="error_rate_increase", source="counters",
+            **w): 1.0,
+        key("etlverify_watch_trigger_source", trigger="response_time_degradation",
+            source="probes", **w): 1.0,
+    }  # fmt: skip
     unknown = key("etlverify_watch_trigger_fired", trigger="memory", **w)
     assert math.isnan(got.pop(unknown)), "an UNKNOWN trigger is exported as NaN"
     assert got == expected
@@ -287,7 +326,10 @@ def test_dashboard_queries_only_exported_metrics(dashboard: dict[str, Any]) -> N
             for selector in re.findall(rf"(?<![\w:]){name}(?![\w:])\s*(\{{[^}}]*\}})?", expr):
                 assert 'watch="$watch"' in selector, f"{panel['title']}: {expr!r}"
         used |= names
-    assert used == set(METRICS), f"exported but not charted: {set(METRICS) - used}"
+    expected = set(METRICS) - NOT_CHARTED_YET
+    assert used == expected, (
+        f"exported but not charted: {expected - used}; charted: {used - expected}"
+    )
 
 
 def test_dashboard_has_the_panels_the_watch_needs(dashboard: dict[str, Any]) -> None:

@@ -89,6 +89,13 @@ def _watch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--for", "1m", "--base-url", "localhost:1"], "--base-url: expected a URL starting"),
         (["--for", "1m", "--notify", "nosuch://x"], "notification URL"),
         (["--for", "1m", "--baseline", "missing.json"], "--baseline missing.json: cannot read"),
+        (["--for", "1m", "--metrics", "graphite=http://x"], "--metrics: expected prometheus=URL"),
+        (["--for", "1m", "--metrics", "prometheus=x:9090"], "starting with http:// or https://"),
+        (
+            ["--for", "1m", "--metrics", "prometheus=http://127.0.0.1:1", "--analysis", "no.toml"],
+            "--analysis no.toml: cannot read it",
+        ),
+        (["--for", "1m", "--progress-every", "soon"], "--progress-every: expected a duration"),
     ],
 )
 def test_usage_errors_are_one_line_exit_14(args: list[str], message: str, tmp_path: Path) -> None:

@@ -66,9 +66,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats as sps
 
+from etlverify.baseline.noise import robust_sd, spread, tail_needed
 from etlverify.baseline.spec import ToleranceSpec, parse_specs, resolve_spec
 from etlverify.baseline.store import Baseline, Fingerprint, Mismatch, compare_fingerprints
-from etlverify.baseline.triggers import TriggerConfig, TriggerResult, evaluate_triggers
+from etlverify.baseline.triggers import (
+    TriggerConfig,
+    TriggerResult,
+    evaluate_triggers,
+    not_judged,
+)
 from etlverify.measure.results import (
     LoadParameters,
     MetricResult,
@@ -293,50 +299,14 @@ def _non_inferiority(
     return 1.0 if math.isnan(p) else p
 
 
-def _tail_needed(stat: str, min_tail: int) -> int | None:
-    if not stat.startswith("p"):
-        return None
-    q = float(stat[1:])
-    if q >= 100.0:
-        return None
-    # p50 looks at both halves; a high percentile needs `min_tail` samples above it.
-    return math.ceil(min_tail / (1.0 - q / 100.0))
-
-
 def _unit(stat: str) -> str:
     return "rps" if stat == "throughput" else "pp" if stat == "error_rate" else "ms"
 
 
-#: a window further than this many robust sds from the median window is a stall, not noise
-STALL_SDS = 5.0
-
-
-def _robust_sd(values: Sequence[float]) -> float:
-    """1.4826 x the median absolute deviation: the sd of normal data; outliers barely move it."""
-    if len(values) < 2:
-        return 0.0
-    return float(sps.median_abs_deviation(values, scale="normal"))
-
-
-def _spread(values: Sequence[float]) -> float:
-    """Window-to-window scatter: the standard deviation of the windows, leaving out stalls (a
-    window more than `STALL_SDS` robust sds from the median one: the host paused for a second).
-
-    A stall must neither make a whole baseline "too noisy" for every later run nor widen a `+2sd`
-    floor to seconds (which would let any regression through): a CI run recorded a baseline with
-    one 1.3 s window among ten of 6 ms, and its plain sd (390 ms) did both. Without a stall this
-    is the plain sd, as measured before: a spread that is robust to *every* outlier (the MAD)
-    made the floors narrower than this machine's run-to-run drift, and `pytest -m post_deploy`
-    on the unchanged reference read +15% as a regression. Stalls are judged where they belong,
-    by the median-window rule (3)."""
-    if len(values) < 2:
-        return 0.0
-    robust = _robust_sd(values)
-    if robust > 0:
-        mid = float(np.median(values))
-        kept = [v for v in values if abs(v - mid) <= STALL_SDS * robust]
-        values = kept if len(kept) >= 2 else values
-    return float(np.std(values, ddof=1))
+# the noise rules live in `baseline.noise` (the response-time trigger uses them too)
+_robust_sd = robust_sd
+_spread = spread
+_tail_needed = tail_needed
 
 
 def judge_metric(
@@ -704,9 +674,15 @@ def compare(
     if foreign and not allow_foreign:
         why = "; ".join(m.describe() for m in foreign)
         results = [_not_comparable(r, why) for r in results]
+    fired = evaluate_triggers(baseline.metrics, run, triggers)
+    other = [m for m in mismatches if m.severity == "error" or (m in foreign and not allow_foreign)]
+    if other:
+        # another load plan, other hardware or configuration: no relative trigger can be judged
+        why = "the baseline is not comparable: " + "; ".join(m.describe() for m in other)
+        fired = tuple(not_judged(t, why) for t in fired)
     return Comparison(
         results=tuple(results),
-        triggers=evaluate_triggers(baseline.metrics, run, triggers),
+        triggers=fired,
         environment=mismatches,
         alpha=alpha,
         baseline_name=baseline.name,

@@ -16,17 +16,24 @@ rollback. The response-time rule also ignores metrics with too few samples beyon
 (a p95 from 150 samples rests on 8 of them, and fired at +126% on pure noise in a Locust A/A run)
 and needs the per-window values to differ significantly (two-sided Mann-Whitney U), so that one
 noisy window cannot order a rollback either.
+
+A caller that judges a signal other than the run's own requests (a watch judging a target's request
+counters, Prometheus or its log) calls the rules one by one (`error_rate_trigger`,
+`response_time_trigger`, `error_lines_trigger`) and names the signal in `decided_by`; the gate and
+Locust use `evaluate_triggers`, whose results have no `decided_by`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from scipy import stats as sps
+
+from etlverify.baseline.noise import spread, tail_needed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -34,7 +41,21 @@ if TYPE_CHECKING:
     from etlverify.measure.results import MetricResult, RunResult
     from etlverify.measure.sampler import ServerTrace
 
-__all__ = ["TriggerConfig", "TriggerResult", "TriggerState", "evaluate_triggers"]
+__all__ = [
+    "RELATIVE_TRIGGERS",
+    "TriggerConfig",
+    "TriggerResult",
+    "TriggerState",
+    "error_lines_trigger",
+    "error_rate_trigger",
+    "evaluate_triggers",
+    "not_judged",
+    "response_time_trigger",
+]
+
+#: the triggers judged relative to a baseline: a baseline that is not comparable (another load
+#: plan, other hardware, another target configuration) cannot judge them (`not_judged`)
+RELATIVE_TRIGGERS = ("response_time_degradation", "error_rate_increase")
 
 
 class TriggerState(StrEnum):
@@ -52,8 +73,14 @@ class TriggerConfig:
     response_time_pct: float = 50.0
     response_time_stat: str = "p95"
     response_time_floor_ms: float = 1.0
+    #: the noise floor: the change must also exceed this many sds of the baseline's windows (the
+    #: 10% rule's `+3sd` on p95, `baseline.noise.spread`), so that under noise the trigger does
+    #: not fail before the 10% rule (a busy host: +58% on a 1.8 ms p95 fired against +1 ms)
+    response_time_sd_floor: float = 3.0
     #: samples needed beyond the percentile, on each side, for a metric to count
     response_time_min_tail: int = 20
+    #: ... and in every window (the 10% rule's own guard: 5 beyond the percentile per window)
+    response_time_min_window_tail: int = 5
     response_time_alpha: float = 0.05
     error_increase_pct: float = 200.0
     error_floor_pp: float = 1.0
@@ -73,6 +100,9 @@ class TriggerResult:
     reason: str
     value: float | None = None
     threshold: float | None = None
+    #: the signal the rule was judged on, when a caller chose among several (a watch: "server
+    #: counters", "Prometheus", ...); None for a run's own measurements (the gate, Locust)
+    decided_by: str | None = None
 
     @property
     def fired(self) -> bool:
@@ -81,17 +111,21 @@ class TriggerResult:
 
     def line(self) -> str:
         """One line for people."""
-        return f"{self.state.value} rollback trigger {self.name}: {self.reason}"
+        source = f" (source: {self.decided_by})" if self.decided_by else ""
+        return f"{self.state.value} rollback trigger {self.name}{source}: {self.reason}"
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON form."""
-        return {
+        """Plain JSON form (``decided_by`` only when a source was chosen)."""
+        data: dict[str, Any] = {
             "name": self.name,
             "state": self.state.value,
             "reason": self.reason,
             "value": self.value,
             "threshold": self.threshold,
         }
+        if self.decided_by is not None:
+            data["decided_by"] = self.decided_by
+        return data
 
 
 def _enough_tail(result: MetricResult, stat: str, min_tail: int) -> bool:
@@ -101,6 +135,23 @@ def _enough_tail(result: MetricResult, stat: str, min_tail: int) -> bool:
     if q >= 100.0:
         return result.count > 0
     return result.count >= math.ceil(min_tail / (1.0 - q / 100.0))
+
+
+def _windows_enough(result: MetricResult, stat: str, min_tail: int) -> bool:
+    """Every window holds enough samples for `stat` to rest on `min_tail` beyond it."""
+    need = tail_needed(stat, min_tail)
+    return need is None or all(w.count >= need for w in result.windows)
+
+
+def not_judged(trigger: TriggerResult, why: str) -> TriggerResult:
+    """A relative trigger that this baseline cannot judge: UNKNOWN, "not judged: <why>"."""
+    if trigger.name not in RELATIVE_TRIGGERS:
+        return trigger
+    return replace(
+        trigger,
+        state=TriggerState.UNKNOWN,
+        reason=f"not judged: {why} (as measured: {trigger.state.value}, {trigger.reason})",
+    )
 
 
 def _typical(result: MetricResult, stat: str) -> float | None:
@@ -124,18 +175,20 @@ def _windows_differ(cur: MetricResult, base: MetricResult, stat: str) -> float:
 
 
 def _response_time(
-    baseline: Mapping[str, MetricResult], run: RunResult, cfg: TriggerConfig
+    baseline: Mapping[str, MetricResult], current: Mapping[str, MetricResult], cfg: TriggerConfig
 ) -> TriggerResult:
     name, stat = "response_time_degradation", cfg.response_time_stat
-    worst: tuple[float, str, float, float, float] | None = None
+    worst: tuple[float, str, float, float, float, float] | None = None
     thin: list[str] = []
     for metric, base in baseline.items():
-        cur = run.metrics.get(metric)
+        cur = current.get(metric)
         if cur is None:
             continue
         if not (
             _enough_tail(base, stat, cfg.response_time_min_tail)
             and _enough_tail(cur, stat, cfg.response_time_min_tail)
+            and _windows_enough(base, stat, cfg.response_time_min_window_tail)
+            and _windows_enough(cur, stat, cfg.response_time_min_window_tail)
         ):
             thin.append(metric)
             continue
@@ -145,21 +198,29 @@ def _response_time(
         if b is None or c is None or b <= 0:
             continue
         pct = 100.0 * (c - b) / b
-        beyond = pct > cfg.response_time_pct and c - b > cfg.response_time_floor_ms
+        floor = max(
+            cfg.response_time_floor_ms, cfg.response_time_sd_floor * spread(base.values(stat))
+        )
+        beyond = pct > cfg.response_time_pct and c - b > floor
         p = _windows_differ(cur, base, stat) if beyond else 1.0
         if worst is None or pct > worst[0]:
-            worst = (pct, metric, b, c, p)
+            worst = (pct, metric, b, c, p, floor)
     if worst is None:
         why = f"no metric has a {stat} on both sides"
         if thin:
             why += f" with enough samples ({len(thin)} too thin: {', '.join(sorted(thin)[:3])})"
         return TriggerResult(name, TriggerState.UNKNOWN, why)
-    pct, metric, b, c, p = worst
+    pct, metric, b, c, p, floor = worst
     detail = f"worst median-window {stat} {metric}: {c:.3f} ms vs baseline {b:.3f} ms ({pct:+.1f}%)"
-    beyond = pct > cfg.response_time_pct and c - b > cfg.response_time_floor_ms
+    beyond = pct > cfg.response_time_pct and c - b > floor
     # Beyond the limit on point estimates only (one noisy window) is noise, not degradation.
     fired = beyond and p < cfg.response_time_alpha
-    limit = f"limit +{cfg.response_time_pct:g}% and +{cfg.response_time_floor_ms:g} ms"
+    noise = (
+        f" ({cfg.response_time_sd_floor:g} sd of the baseline's windows)"
+        if floor > cfg.response_time_floor_ms
+        else ""
+    )
+    limit = f"limit +{cfg.response_time_pct:g}% and +{floor:.3g} ms{noise}"
     if beyond:
         limit += f", Mann-Whitney p={p:.2g} (needs < {cfg.response_time_alpha:g})"
     return TriggerResult(
@@ -176,13 +237,17 @@ def _rate(errors: int, attempts: int) -> float:
 
 
 def _error_rate(
-    baseline: Mapping[str, MetricResult], run: RunResult, cfg: TriggerConfig
+    baseline: Mapping[str, MetricResult],
+    current: Mapping[str, MetricResult],
+    cfg: TriggerConfig,
+    *,
+    pooled: bool = True,
 ) -> TriggerResult:
     name = "error_rate_increase"
     groups: list[tuple[str, int, int, int, int]] = []
     total = [0, 0, 0, 0]
     for metric, base in baseline.items():
-        cur = run.metrics.get(metric)
+        cur = current.get(metric)
         if cur is None:
             continue
         be, ba = base.errors, base.count + base.errors
@@ -192,7 +257,8 @@ def _error_rate(
             total[i] += v
     if not groups:
         return TriggerResult(name, TriggerState.UNKNOWN, "no metric is in both baseline and run")
-    groups.insert(0, ("all routes", total[0], total[1], total[2], total[3]))
+    if pooled:
+        groups.insert(0, ("all routes", total[0], total[1], total[2], total[3]))
     factor = 1.0 + cfg.error_increase_pct / 100.0
     worst: tuple[float, str, float, float, int] | None = None
     fired_on: tuple[str, float, float, int] | None = None
@@ -226,6 +292,62 @@ def _error_rate(
         f"highest: {metric} {c:.2f}% errors ({ce}) vs baseline {b:.2f}%, {limit}",
         round(c, 4),
         cfg.error_increase_pct,
+    )
+
+
+def error_rate_trigger(
+    baseline: Mapping[str, MetricResult],
+    current: Mapping[str, MetricResult],
+    config: TriggerConfig | None = None,
+    *,
+    decided_by: str | None = None,
+) -> TriggerResult:
+    """The error-rate rule alone, over metrics that are one signal each (no "all routes" pool):
+    how a caller judges a signal other than its own requests (a watch's server counters)."""
+    result = _error_rate(baseline, current, config or TriggerConfig(), pooled=False)
+    return replace(result, decided_by=decided_by)
+
+
+def response_time_trigger(
+    baseline: Mapping[str, MetricResult],
+    current: Mapping[str, MetricResult],
+    config: TriggerConfig | None = None,
+    *,
+    decided_by: str | None = None,
+) -> TriggerResult:
+    """The response-time rule alone, with its sample-count and significance guards."""
+    result = _response_time(baseline, current, config or TriggerConfig())
+    return replace(result, decided_by=decided_by)
+
+
+def error_lines_trigger(
+    base_lines: int,
+    base_s: float,
+    lines: int,
+    span_s: float,
+    config: TriggerConfig | None = None,
+    *,
+    decided_by: str | None = None,
+) -> TriggerResult:
+    """The error-rate rule on a count without attempts (ERROR lines of a log): lines a minute
+    against the baseline's, with the same +200% and minimum count (a rate in percent of requests
+    cannot be had from a log, so the percentage-point floor has no counterpart)."""
+    cfg = config or TriggerConfig()
+    name = "error_rate_increase"
+    if base_s <= 0 or span_s <= 0:
+        return TriggerResult(name, TriggerState.UNKNOWN, "no time observed", decided_by=decided_by)
+    b, c = 60.0 * base_lines / base_s, 60.0 * lines / span_s
+    factor = 1.0 + cfg.error_increase_pct / 100.0
+    fired = lines >= cfg.error_min_count and c > b * factor
+    limit = f"limit +{cfg.error_increase_pct:g}% and >= {cfg.error_min_count} lines"
+    return TriggerResult(
+        name,
+        TriggerState.FIRED if fired else TriggerState.CLEAR,
+        f"{lines} error line(s) in {span_s:.0f} s ({c:.2f}/min) vs baseline {b:.2f}/min "
+        f"({base_lines} in {base_s:.0f} s), {limit}",
+        round(c, 4),
+        cfg.error_increase_pct,
+        decided_by=decided_by,
     )
 
 
@@ -330,8 +452,8 @@ def evaluate_triggers(
     cfg = config or TriggerConfig()
     return (
         _unavailability(run, cfg),
-        _error_rate(baseline, run, cfg),
-        _response_time(baseline, run, cfg),
+        _error_rate(baseline, run.metrics, cfg),
+        _response_time(baseline, run.metrics, cfg),
         _memory(run.server, cfg),
         _db_failures(run.server, cfg),
     )

@@ -31,6 +31,13 @@ from etlverify.watch.engine import (
     install_signals,
 )
 from etlverify.watch.probe import LogScanner, Prober
+from etlverify.watch.sources import (
+    PrometheusSource,
+    SourceWindow,
+    load_analysis,
+    parse_metrics_option,
+    source_windows,
+)
 from etlverify.watch.state import StateError, WatchState
 
 if TYPE_CHECKING:
@@ -126,6 +133,32 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--rollback-cmd",
         metavar="CMD",
         help="the rollback command (default <deploy-root>/deployment/rollback.sh)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="prometheus=URL",
+        action="append",
+        default=[],
+        help="read users' request rate, error rate and latency from this Prometheus server "
+        "(its HTTP API); the error-rate and response-time triggers then judge it, not the "
+        "watch's own probes",
+    )
+    p.add_argument(
+        "--analysis",
+        metavar="FILE",
+        type=Path,
+        help="a TOML file whose [prometheus] table overrides the PromQL (request_rate, "
+        "error_ratio, latency, quantile); see docs/watch.md",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print the verdict only (no progress lines)",
+    )
+    p.add_argument(
+        "--progress-every",
+        metavar="DURATION",
+        help="a progress line this often (default: every window)",
     )
     p.add_argument(
         "--prometheus-port",
@@ -252,8 +285,11 @@ def _on_trigger(text: str) -> str:
     raise _Usage(f"--on-trigger: expected none, full or partial:COMPONENT ({known}), got {text!r}")
 
 
-def load_watch_baseline(path: Path) -> dict[str, MetricResult]:
-    """An earlier watch's windows (its watch.json) as baseline metrics; one-line errors."""
+def load_watch_baseline(
+    path: Path,
+) -> tuple[dict[str, MetricResult], dict[str, list[SourceWindow]]]:
+    """An earlier watch's windows (its watch.json) as baseline metrics and users' signals;
+    one-line errors."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -268,9 +304,37 @@ def load_watch_baseline(path: Path) -> dict[str, MetricResult]:
         for w in windows:
             for name, stats in (w.get("metrics") or {}).items():
                 by.setdefault(name, []).append(WindowStats.from_json(stats))
-    except (KeyError, TypeError, ValueError) as exc:
+        users = source_windows(windows)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise _Usage(f"--baseline {path}: a window is malformed: {exc}") from None
-    return {name: MetricResult(name, tuple(ws)) for name, ws in by.items()}
+    return {name: MetricResult(name, tuple(ws)) for name, ws in by.items()}, users
+
+
+def _signals_line(prober: Prober, prometheus_url: str | None, deploy_root: Path | None) -> str:
+    """Which users' signals this watch will read, said before it starts; or that users' error
+    rate cannot be observed (then only the watch's own probes are judged)."""
+    from etlverify.watch.notify import redact
+
+    sample = prober.sample(0.0)
+    counters = sample.ok and sample.requests_total is not None
+    logs = deploy_root / "logs" if deploy_root is not None else None
+    found = [
+        *([f"Prometheus {redact(prometheus_url)}"] if prometheus_url else []),
+        *(["the target's request counters"] if counters else []),
+        *([f"the log's error lines ({logs})"] if logs is not None and logs.is_dir() else []),
+    ]
+    if found:
+        return "etlverify watch: users' signals: " + ", ".join(found)
+    why = (
+        "the target exports no request counters"
+        if sample.ok
+        else (f"the target's request counters could not be read ({sample.error})")
+    )
+    return (
+        f"etlverify watch: users' error rate not observable: {why} and no --metrics source was "
+        "given; only the watch's own probes are judged, and the watch cannot end PASS "
+        "(give --metrics prometheus=URL, or --deploy-root for the log)"
+    )
 
 
 def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
@@ -280,7 +344,22 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
     try:
         plan = _plan(args)
         on_trigger = _on_trigger(args.on_trigger)
-        baseline = load_watch_baseline(args.baseline) if args.baseline else None
+        baseline, baseline_users = (
+            load_watch_baseline(args.baseline) if args.baseline else (None, None)
+        )
+        prometheus_url = parse_metrics_option(args.metrics)
+        queries = load_analysis(args.analysis)
+        if args.analysis is not None and prometheus_url is None:
+            raise _Usage(f"--analysis {args.analysis}: needs --metrics prometheus=URL")
+        progress_every = 1
+        if args.progress_every:
+            try:
+                every = parse_duration(args.progress_every, "--progress-every")
+            except ValueError as exc:
+                raise _Usage(str(exc)) from None
+            progress_every = max(1, round(every / plan.window_s))
+        if args.quiet:
+            progress_every = 0
         base_url = (args.base_url or environ.get("ETLPLUS_BASE_URL") or "").rstrip("/")
         root_text = args.deploy_root or environ.get("ETLPLUS_DEPLOY_ROOT")
         deploy_root = Path(root_text) if root_text else None
@@ -304,6 +383,12 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
     except EtlVerifyError as exc:
         print(f"etlverify watch: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, flush=True)
+
+    prometheus = None
     if baseline is None:
         warning = undecidable_warning(plan)
         if warning:
@@ -315,7 +400,7 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
             embedded = EmbeddedTarget()
             embedded.start()
             base_url, deploy_root = embedded.base_url, embedded.root
-            print(f"etlverify watch: no --base-url: watching the embedded reference at {base_url}")
+            say(f"etlverify watch: no --base-url: watching the embedded reference at {base_url}")
         token = environ.get("ETLPLUS_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         ws_url = base_url.replace("https://", "wss://").replace("http://", "ws://") + "/ws"
@@ -349,21 +434,35 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         ops = OpsRunner(None, rollback_cmd, cwd=deploy_root) if rollback_cmd else None
         from etlverify.watch.notify import redact
 
+        prober = Prober(base_url, ws_url, timeout_s=plan.request_timeout_s, headers=headers)
+        if prometheus_url is not None:
+            prometheus = PrometheusSource(prometheus_url, queries, timeout_s=plan.request_timeout_s)
+            problem = prometheus.check()
+            if problem:
+                print(
+                    f"etlverify watch: --metrics: {problem}; the source is unavailable until "
+                    "it answers",
+                    flush=True,
+                )
+        say(_signals_line(prober, prometheus_url, deploy_root))
         runner = WatchRunner(
             plan=plan,
             base_url=base_url,
             ws_url=ws_url,
             state=state,
             reports_dir=args.reports,
-            prober=Prober(base_url, ws_url, timeout_s=plan.request_timeout_s, headers=headers),
+            prober=prober,
             logs=LogScanner(deploy_root),
             notifier=notifier,
             ops=ops,
             on_trigger=on_trigger,
             baseline=baseline,
             baseline_label=f"{args.baseline} (an earlier watch)" if args.baseline else "",
+            baseline_sources=baseline_users,
             exporter=exporter,
-            out=lambda line: print(line, flush=True),
+            out=say,
+            prometheus=prometheus,
+            progress_every=progress_every,
             fingerprint={
                 **target_facts(read_status(base_url, plan.request_timeout_s, headers)),
                 "embedded": embedded is not None,
@@ -372,22 +471,25 @@ def main_watch(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
                 "notify": [redact(u) for u in args.notify],
                 "deploy_root": str(deploy_root) if deploy_root else None,
                 "prometheus_port": args.prometheus_port,
+                "metrics": redact(prometheus_url) if prometheus_url else None,
+                "analysis": str(args.analysis) if args.analysis else None,
             },
         )
         install_signals(runner)
-        print(
+        say(
             f"etlverify watch: {base_url} for {format_duration(plan.duration_s)} in windows of "
             f"{format_duration(plan.window_s)}; state {args.state}; reports {args.reports}; "
             f"on a trigger: {on_trigger}; notify: "
             + (", ".join(redact(u) for u in args.notify) or "none")
-            + (f"; Prometheus {exporter.url}" if exporter else ""),
-            flush=True,
+            + (f"; Prometheus {exporter.url}" if exporter else "")
         )
         outcome = runner.run()
     except StateError as exc:
         print(f"etlverify watch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
+        if prometheus is not None:
+            prometheus.close()
         if notifier is not None:
             notifier.close(10.0)
         if exporter is not None:

@@ -8,6 +8,10 @@ and at each window boundary the window is closed, appended to the state (fsync'd
 rollback triggers are judged over the last `trigger_windows` windows against the baseline with
 the gate's own rules (`etlverify.baseline.triggers`). The baseline is `--baseline` (an earlier
 watch's `watch.json`) or this watch's first `baseline_windows` windows.
+
+Users' signals (`sources`: Prometheus, the target's request counters, its log) are recorded with
+every window; the error-rate and response-time triggers are judged on the best one present
+(`signals`), and each window ends with one progress line (`progress`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from etlverify.watch.probe import (
     Prober,
     WindowAccumulator,
 )
+from etlverify.watch.progress import progress_line, window_figures
+from etlverify.watch.signals import judge_users
+from etlverify.watch.sources import SourceWindow, measure_sources, source_windows
 from etlverify.watch.state import StateError, WatchState
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
     from etlverify.deployment import OpsRunner
     from etlverify.watch.exporter import WatchExporter
     from etlverify.watch.notify import Notifier
+    from etlverify.watch.sources import PrometheusSource
 
 __all__ = [
     "WatchOutcome",
@@ -142,6 +150,9 @@ class WatchRunner:
         out: Callable[[str], None] = print,
         fingerprint: Mapping[str, Any] | None = None,
         settings_view: Mapping[str, Any] | None = None,
+        prometheus: PrometheusSource | None = None,
+        baseline_sources: Mapping[str, Sequence[SourceWindow]] | None = None,
+        progress_every: int = 1,
     ) -> None:
         self.plan = plan
         self.base_url = base_url
@@ -159,6 +170,14 @@ class WatchRunner:
         self.out = out
         self.fingerprint = dict(fingerprint or {})
         self.settings_view = dict(settings_view or {})
+        self.prometheus = prometheus
+        self.fixed_baseline_sources = (
+            {k: list(v) for k, v in baseline_sources.items()}
+            if baseline_sources is not None
+            else None
+        )
+        #: a progress line every this many windows (0: none, `--quiet`)
+        self.progress_every = progress_every
         self.stop_reason: str | None = None
         self._job_thread: threading.Thread | None = None
         self.meta: dict[str, Any] = {}
@@ -252,6 +271,14 @@ class WatchRunner:
             return None
         return _metric_results(base)
 
+    def baseline_sources(self) -> dict[str, list[SourceWindow]] | None:
+        """The baseline's users' signals per source, None while the baseline is not known."""
+        if self.fixed_baseline_sources is not None:
+            return self.fixed_baseline_sources
+        if self.baseline_metrics() is None:
+            return None
+        return source_windows(self._baseline_windows())
+
     def _judged_windows(self) -> list[dict[str, Any]]:
         first = 0 if self.fixed_baseline is not None else self.plan.baseline_windows
         rollback = self._rollback_finished_index()
@@ -281,7 +308,9 @@ class WatchRunner:
             longest_outage_s=outage,
             server=_trace(span, self.plan.metrics_every_s),
         )
-        results = evaluate_triggers(base, run, self.plan.trigger_config())
+        cfg = self.plan.trigger_config()
+        results = evaluate_triggers(base, run, cfg)
+        results = judge_users(results, self.baseline_sources(), source_windows(span), cfg)
         if not base:
             results = tuple(
                 replace(
@@ -302,21 +331,7 @@ class WatchRunner:
         return {str(e["name"]) for e in self.events if e.get("type") == "trigger"}
 
     def _figures(self, window: Mapping[str, Any]) -> str:
-        health = (window.get("metrics") or {}).get(HEALTH_METRIC) or {}
-        count, errors = int(health.get("count") or 0), int(health.get("errors") or 0)
-        rate = 100.0 * errors / (count + errors) if count + errors else 0.0
-        mem = [s.get("memory_percent") for s in window.get("server") or []]
-        mem_v = [float(m) for m in mem if isinstance(m, int | float)]
-        return (
-            f"health p50 {health.get('p50_ms') or 0:.2f} ms, error rate {rate:.1f}% "
-            f"({errors} of {count + errors} probes)"
-            + (f", memory {mem_v[-1]:.1f}%" if mem_v else "")
-            + (
-                f", {window.get('log_errors')} log error line(s)"
-                if window.get("log_errors")
-                else ""
-            )
-        )
+        return window_figures(window, prometheus=self.prometheus is not None)
 
     def on_window(self, record: dict[str, Any]) -> None:
         """A window ended: judge, notify, act."""
@@ -328,7 +343,13 @@ class WatchRunner:
         fired_before = self._fired_names()
         for t in triggers:
             if t.fired and t.name not in fired_before:
-                self.event("trigger", name=t.name, window=record["index"], reason=t.reason)
+                self.event(
+                    "trigger",
+                    name=t.name,
+                    window=record["index"],
+                    reason=t.reason,
+                    decided_by=t.decided_by,
+                )
                 self.notify(
                     "trigger",
                     f"trigger-{t.name}",
@@ -338,13 +359,55 @@ class WatchRunner:
                     f"action: {self._action_text()}",
                     level="failure",
                 )
-                self.out(f"watch: FIRED {t.line()}")
+                self.out(f"watch: {t.line()}")
+        self._source_events(record)
+        if self.progress_every and (
+            len(self.windows) % self.progress_every == 0 or any(t.fired for t in triggers)
+        ):
+            self.out(self._progress(record, triggers))
         if any(t.fired for t in triggers):
             self._rollback_once(record["index"], [t for t in triggers if t.fired])
         self._recovery(record["index"], triggers)
         self._status()
         if self.exporter is not None:
             self._export(record, triggers)
+
+    def _progress(self, record: Mapping[str, Any], triggers: Sequence[TriggerResult]) -> str:
+        known = self.baseline_metrics() is not None
+        done = len(self._baseline_windows())
+        return progress_line(
+            elapsed_s=min(self.now_s(), self.plan.duration_s),
+            planned_s=self.plan.duration_s,
+            record=record,
+            triggers=triggers,
+            baseline=None if known else (done, self.plan.baseline_windows),
+            prometheus=self.prometheus is not None,
+            fired_earlier=sorted(self._fired_names()),
+        )
+
+    def _source_events(self, record: Mapping[str, Any]) -> None:
+        """A counter restart, and Prometheus becoming unavailable or available again: events,
+        said once each time they happen."""
+        sources = record.get("sources") or {}
+        counters = sources.get("counters") or {}
+        if counters.get("restarts"):
+            self.event(
+                "counter-restart", window=record["index"], restarts=counters["restarts"],
+                note=counters.get("note"),
+            )  # fmt: skip
+            self.out(f"watch: {counters.get('note')} (window {record['index']})")
+        prom = sources.get("prometheus")
+        if prom is None:
+            return
+        changes = [e for e in self.events if e.get("type") in ("source-down", "source-up")]
+        down = bool(changes) and changes[-1]["type"] == "source-down"
+        if not prom.get("available") and not down:
+            self.event("source-down", source="prometheus", window=record["index"],
+                       note=prom.get("note"))  # fmt: skip
+            self.out(f"watch: Prometheus unavailable: {prom.get('note')}")
+        elif prom.get("available") and down:
+            self.event("source-up", source="prometheus", window=record["index"])
+            self.out("watch: Prometheus answers again")
 
     def _action_text(self) -> str:
         if self.on_trigger == "none":
@@ -426,39 +489,16 @@ class WatchRunner:
         from etlverify.watch.exporter import WatchSnapshot
 
         assert self.exporter is not None
-        health = (record.get("metrics") or {}).get(HEALTH_METRIC) or {}
-        base = (self.baseline_metrics() or {}).get(HEALTH_METRIC)
-        count, errors = int(health.get("count") or 0), int(health.get("errors") or 0)
-        mem = [s.get("memory_percent") for s in record.get("server") or []]
-        mem_v = [float(m) for m in mem if isinstance(m, int | float)]
-        db = [t for t in triggers if t.name == "database_connection_failures"]
-        latency = {
-            k: float(health[f"{k}_ms"]) for k in ("p50", "p95") if health.get(f"{k}_ms") is not None
-        }
-        base_latency: dict[str, float] = {}
-        base_rate: float | None = None
-        if base is not None:
-            merged = base.merged
-            base_latency = {
-                k: float(v)
-                for k, v in (("p50", merged.p50_ms), ("p95", merged.p95_ms))
-                if v is not None
-            }
-            base_rate = merged.error_rate_pct
         self.exporter.observe(
-            WatchSnapshot(
+            WatchSnapshot.of_window(
+                record,
+                triggers,
                 watch_id=str(self.meta["watch_id"]),
                 elapsed_s=self.now_s(),
                 planned_s=self.plan.duration_s,
                 windows=len(self.windows),
                 target_up=self.down_since is None,
-                latency_ms=latency,
-                baseline_latency_ms=base_latency,
-                error_rate_pct=100.0 * errors / (count + errors) if count + errors else None,
-                baseline_error_rate_pct=base_rate,
-                memory_pct=mem_v[-1] if mem_v else None,
-                db_failures_per_min=db[0].value if db and db[0].value is not None else None,
-                triggers={t.name: t.state.value for t in triggers},
+                baseline_health=(self.baseline_metrics() or {}).get(HEALTH_METRIC),
                 notifications_failed=self.notifier.failed if self.notifier else 0,
             )
         )
@@ -525,7 +565,12 @@ class WatchRunner:
                     time.sleep(min(0.2, (index + 1) * plan.window_s - now))
                     win = None
                     continue
-                win = WindowAccumulator(index=index, start_s=now, wall_start=utc(time.time()))
+                win = WindowAccumulator(
+                    index=index,
+                    start_s=now,
+                    wall_start=utc(time.time()),
+                    requests_at_start=self.prober.requests,
+                )
             if now >= next_probe:
                 next_probe = now + plan.probe_every_s
                 win.probes += 1
@@ -562,7 +607,22 @@ class WatchRunner:
         record = win.close(end_s)
         record["down_since_s"] = self.down_since
         record["pid"] = os.getpid()
+        record["sources"] = self._measure_sources(win, record)
         return record
+
+    def _measure_sources(
+        self, win: WindowAccumulator, record: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """The users' signals of the window just closed (and the watch's own probes)."""
+        prev = self.windows[-1] if self.windows else None
+        contiguous = prev is not None and prev["index"] == win.index - 1
+        return measure_sources(
+            record,
+            previous_server=(prev.get("server") or []) if prev and contiguous else [],
+            prometheus=self.prometheus,
+            log_folder=self.logs.folder,
+            watch_requests=self.prober.requests - win.requests_at_start,
+        )
 
     # -- the end -------------------------------------------------------------------------------
 

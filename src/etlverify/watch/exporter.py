@@ -4,7 +4,8 @@ This module owns the ``/metrics`` endpoint of a running watch and nothing else: 
 `WatchExporter.observe` with a `WatchSnapshot` after each window, and whatever Prometheus scrapes
 next is that snapshot. It neither measures nor judges (``measure/`` and ``baseline/`` do); it only
 publishes what the watch already decided, so Prometheus and Grafana chart the same figures the watch
-reports. The dashboard for these series is ``ops/grafana/etlverify-watch.json``.
+reports (`WatchSnapshot.of_window` only reads a window's record and its trigger states). The
+dashboard for these series is ``ops/grafana/etlverify-watch.json``.
 
 Every series is a gauge labelled ``watch`` (the watch id):
 
@@ -19,7 +20,19 @@ Every series is a gauge labelled ``watch`` (the watch id):
 ``etlverify_watch_db_failures_per_minute``  database connection failures per minute
 ``etlverify_watch_trigger_fired``           ``trigger`` = name: 1 fired, 0 clear, NaN unknown
 ``etlverify_watch_notifications_failed``    notifications that could not be delivered
+``etlverify_watch_source_available``        ``source`` = prometheus, counters, log, probes: 1 when
+                                            it gave figures for the last window, else 0
+``etlverify_watch_source_requests``         ``source``: requests it counted in the last window
+``etlverify_watch_source_errors``           ``source``: errors (log: error lines) in that window
+``etlverify_watch_source_error_rate_percent``  ``source``: errors in percent of its requests
+``etlverify_watch_source_latency_ms``       ``source``, ``quantile``: its latency figure
+``etlverify_watch_trigger_source``          ``trigger``, ``source``: 1 for the source that decided
+                                            the trigger in the last window
 ==========================================  ========================================================
+
+The ``source_*`` series are the users' signals of the watch (``watch/sources.py``), each source's
+own figures, whether or not it decided a trigger; the older ``latency_ms`` and
+``error_rate_percent`` series stay the watch's own health probes.
 
 A figure the watch does not have (None, or not a finite number) is not exported at all: the series
 disappears, and Prometheus marks it stale, rather than charting a 0 that was never measured. A
@@ -37,7 +50,7 @@ import errno
 import math
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -48,11 +61,14 @@ from prometheus_client.metrics_core import GaugeMetricFamily
 from etlverify.errors import EtlVerifyError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator, Mapping, Sequence
 
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["METRICS", "ExporterError", "WatchExporter", "WatchSnapshot"]
+    from etlverify.baseline.triggers import TriggerResult
+    from etlverify.measure.results import MetricResult
+
+__all__ = ["METRICS", "ExporterError", "SourceFigures", "WatchExporter", "WatchSnapshot"]
 
 #: Every metric the exporter can publish, name -> help text. The Grafana dashboard's test checks
 #: that its queries use only these names.
@@ -75,6 +91,20 @@ METRICS: Mapping[str, str] = {
         "Rollback trigger state: 1 fired, 0 clear, NaN unknown (could not be judged)."
     ),
     "etlverify_watch_notifications_failed": "Notifications that could not be delivered.",
+    "etlverify_watch_source_available": (
+        "1 if the source (prometheus, counters, log, probes) gave figures for the last window."
+    ),
+    "etlverify_watch_source_requests": "Requests the source counted in the last window.",
+    "etlverify_watch_source_errors": (
+        "Errors the source counted in the last window (the log: error lines)."
+    ),
+    "etlverify_watch_source_error_rate_percent": (
+        "Errors in percent of the source's requests in the last window."
+    ),
+    "etlverify_watch_source_latency_ms": (
+        "The source's latency figure for the last window, in milliseconds, per quantile."
+    ),
+    "etlverify_watch_trigger_source": "1 for the source that decided the trigger.",
 }
 
 _TRIGGER_VALUES: Mapping[str, float] = {"FIRED": 1.0, "CLEAR": 0.0, "UNKNOWN": math.nan}
@@ -87,6 +117,18 @@ _Sample = tuple[str, tuple[tuple[str, str], ...], float]
 class ExporterError(EtlVerifyError):
     """The exporter could not start; the message is one line naming the option, e.g.
     ``--prometheus-port 9100: address already in use``."""
+
+
+@dataclass(frozen=True)
+class SourceFigures:
+    """One users' signal's figures for the last window (None: it has no such figure)."""
+
+    available: bool
+    requests: float | None = None
+    errors: float | None = None
+    error_rate_pct: float | None = None
+    latency_ms: float | None = None
+    quantile: str = "p50"
 
 
 @dataclass(frozen=True)
@@ -106,6 +148,80 @@ class WatchSnapshot:
     db_failures_per_min: float | None
     triggers: Mapping[str, str]  # trigger name -> "CLEAR" | "FIRED" | "UNKNOWN"
     notifications_failed: int
+    sources: Mapping[str, SourceFigures] = field(default_factory=dict)  # source name -> figures
+    decided_by: Mapping[str, str] = field(default_factory=dict)  # trigger name -> source name
+
+    @classmethod
+    def of_window(
+        cls,
+        record: Mapping[str, Any],
+        triggers: Sequence[TriggerResult],
+        *,
+        watch_id: str,
+        elapsed_s: float,
+        planned_s: float,
+        windows: int,
+        target_up: bool,
+        baseline_health: MetricResult | None,
+        notifications_failed: int,
+    ) -> WatchSnapshot:
+        """The snapshot of a window that just ended (its record, JSON) and its trigger states."""
+        from etlverify.watch.probe import HEALTH_METRIC
+        from etlverify.watch.sources import SOURCE_LABELS, SourceWindow
+
+        health = (record.get("metrics") or {}).get(HEALTH_METRIC) or {}
+        count, errors = int(health.get("count") or 0), int(health.get("errors") or 0)
+        mem = [s.get("memory_percent") for s in record.get("server") or []]
+        mem_v = [float(m) for m in mem if isinstance(m, int | float)]
+        db = [t for t in triggers if t.name == "database_connection_failures"]
+        latency = {
+            k: float(health[f"{k}_ms"]) for k in ("p50", "p95") if health.get(f"{k}_ms") is not None
+        }
+        base_latency: dict[str, float] = {}
+        base_rate: float | None = None
+        if baseline_health is not None:
+            merged = baseline_health.merged
+            base_latency = {
+                k: float(v)
+                for k, v in (("p50", merged.p50_ms), ("p95", merged.p95_ms))
+                if v is not None
+            }
+            base_rate = merged.error_rate_pct
+        figures = {}
+        for name, data in (record.get("sources") or {}).items():
+            sw = SourceWindow.from_json(data)
+            figures[name] = (
+                SourceFigures(
+                    available=True,
+                    requests=sw.requests,
+                    errors=sw.errors,
+                    error_rate_pct=sw.error_rate_pct,
+                    latency_ms=sw.latency_ms,
+                    quantile=sw.quantile,
+                )
+                if sw.available
+                else SourceFigures(available=False, quantile=sw.quantile)
+            )
+        by_label = {label: name for name, label in SOURCE_LABELS.items()}
+        return cls(
+            watch_id=watch_id,
+            elapsed_s=elapsed_s,
+            planned_s=planned_s,
+            windows=windows,
+            target_up=target_up,
+            latency_ms=latency,
+            baseline_latency_ms=base_latency,
+            error_rate_pct=100.0 * errors / (count + errors) if count + errors else None,
+            baseline_error_rate_pct=base_rate,
+            memory_pct=mem_v[-1] if mem_v else None,
+            db_failures_per_min=db[0].value if db and db[0].value is not None else None,
+            triggers={t.name: t.state.value for t in triggers},
+            notifications_failed=notifications_failed,
+            sources=figures,
+            decided_by={
+                t.name: by_label.get(t.decided_by, t.decided_by) for t in triggers if t.decided_by
+            },
+        )
 
 
 def _finite(value: float | None) -> float | None:
@@ -148,6 +264,20 @@ def _samples(snap: WatchSnapshot) -> tuple[_Sample, ...]:
         value = _TRIGGER_VALUES.get(state, math.nan)
         out.append(("etlverify_watch_trigger_fired", (watch, ("trigger", trigger)), value))
     add("etlverify_watch_notifications_failed", snap.notifications_failed)
+    for name in sorted(snap.sources):
+        fig, src = snap.sources[name], ("source", name)
+        add("etlverify_watch_source_available", 1.0 if fig.available else 0.0, src)
+        add("etlverify_watch_source_requests", fig.requests, src)
+        add("etlverify_watch_source_errors", fig.errors, src)
+        add("etlverify_watch_source_error_rate_percent", fig.error_rate_pct, src)
+        add("etlverify_watch_source_latency_ms", fig.latency_ms, ("quantile", fig.quantile), src)
+    for trigger in sorted(snap.decided_by):
+        add(
+            "etlverify_watch_trigger_source",
+            1.0,
+            ("source", snap.decided_by[trigger]),
+            ("trigger", trigger),
+        )
     return tuple(out)
 
 
@@ -249,7 +379,7 @@ class WatchExporter:
             elif exc.errno == errno.EADDRNOTAVAIL:
                 reason = f"cannot listen on {self._host} (not an address of this host)"
             else:
-                reason = exc.strerror or type(exc).__name__
+                reason = exc.strerror or "cannot listen there"
             raise ExporterError(f"--prometheus-port {self._port}: {reason}") from None
         thread = threading.Thread(
             target=server.serve_forever,

@@ -555,7 +555,7 @@ class Notifier:
                     body_format=apprise.NotifyFormat.TEXT,
                 )
             except Exception as exc:  # a plugin bug must not end the thread
-                text = str(exc).strip() or type(exc).__name__
+                text = str(exc).strip() or "it failed without a message"
                 return _one_line(self._scrub(f"apprise plugin error: {text}"))
         if ok:
             return None

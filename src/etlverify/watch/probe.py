@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -37,6 +37,7 @@ __all__ = [
     "SUBMIT_METRIC",
     "LogScanner",
     "Prober",
+    "WatchSample",
     "WindowAccumulator",
 ]
 
@@ -71,6 +72,8 @@ class WindowAccumulator:
     log_errors: int = 0
     log_samples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the watch's request count (`Prober.requests`) when the window opened
+    requests_at_start: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _touch(self, metric: str) -> None:
@@ -116,6 +119,30 @@ class WindowAccumulator:
             "log_samples": self.log_samples[:5],
             "notes": self.notes,
         }
+
+
+@dataclass(frozen=True)
+class WatchSample(ServerSample):
+    """A server sample plus the target's count of 5xx answers (`metrics.requests.server_errors`,
+    which the reference has beside the contract's `errors`, every status >= 400), when it has one:
+    the users' error rate is judged on server errors where they can be told from client ones."""
+
+    requests_server_errors: float | None = None
+
+    @classmethod
+    def of(cls, sample: ServerSample, body: object) -> ServerSample:
+        """`sample` with the 5xx counter of the metrics `body`, when it has one."""
+        metrics = body.get("metrics") if isinstance(body, dict) else None
+        requests = metrics.get("requests") if isinstance(metrics, dict) else None
+        value = requests.get("server_errors") if isinstance(requests, dict) else None
+        if not sample.ok or isinstance(value, bool) or not isinstance(value, int | float):
+            return sample
+        known = {f.name: getattr(sample, f.name) for f in fields(ServerSample)}
+        return cls(**known, requests_server_errors=float(value))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form (`ServerSample.from_json` reads it back without the extra counter)."""
+        return {**super().to_json(), "requests_server_errors": self.requests_server_errors}
 
 
 class Prober:
@@ -184,9 +211,16 @@ class Prober:
                 resp = client.get(METRICS_PATH)
             if resp.status_code != 200:
                 return ServerSample(t_s, ok=False, error=f"HTTP {resp.status_code}")
-            return parse_metrics(t_s, resp.json())
-        except (httpx.HTTPError, ValueError) as exc:
-            return ServerSample(t_s, ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
+            body = resp.json()
+            return WatchSample.of(parse_metrics(t_s, body), body)
+        except httpx.TimeoutException:
+            return ServerSample(t_s, ok=False, error=f"no answer within {self.timeout_s:g} s")
+        except ValueError:
+            return ServerSample(t_s, ok=False, error="the answer was not JSON")
+        except httpx.HTTPError as exc:
+            # in people's words, never an exception's class name
+            reason = "connection refused" if "refused" in str(exc).lower() else str(exc)
+            return ServerSample(t_s, ok=False, error=(reason or "the request failed")[:200])
 
     def job(self, win: WindowAccumulator) -> str:
         """A quick synthetic job, followed over WebSocket to its end; one line on what happened.
@@ -252,7 +286,8 @@ class Prober:
             return f"job {job_id}: WebSocket timed out"
         except (OSError, WebSocketException) as exc:
             win.error(JOB_METRIC, "websocket")
-            return f"job {job_id}: WebSocket failed: {type(exc).__name__}"
+            reason = (str(exc).splitlines() or ["connection lost"])[0][:120] or "connection lost"
+            return f"job {job_id}: WebSocket failed: {reason}"
 
 
 class LogScanner:

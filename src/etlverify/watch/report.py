@@ -7,8 +7,13 @@ Verdict rules (fail closed):
 - INCONCLUSIVE when the watch did not cover its plan: stopped early (SIGINT/SIGTERM: "watched
   1 h 12 m of 4 h"), the watcher was not running for more than 10% of the time (a crash before a
   resume), the baseline never became known (a watch no longer than its baseline windows), or no
-  health probe succeeded;
+  health probe succeeded; and when users' error rate was not observable (no request counters, no
+  ``--metrics`` source, no log: only the watch's own probes, which are not users);
 - else PASS.
+
+Every trigger line names the signal that decided it ("error_rate_increase FIRED (source: server
+counters)"); `watch_summary.json` says which source decided each relative trigger and what each
+source saw (``signals``).
 
 The checklist items a watch covers (`WATCH_ITEMS`) are judged from it; an item that asks for longer
 than the watch ran is reported as *short* ("watched 3 m of the 4 h the item asks for"), never as a
@@ -21,6 +26,7 @@ import base64
 import html
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +43,14 @@ from etlverify.watch.engine import (
     _metric_results,
 )
 from etlverify.watch.probe import HEALTH_METRIC
+from etlverify.watch.signals import ERROR_TRIGGER, Observability, observability, source_totals
+from etlverify.watch.sources import (
+    SOURCE_LABELS,
+    SOURCE_ORDER,
+    SourceWindow,
+    source_metric,
+    source_windows,
+)
 from etlverify.watch.state import write_atomic
 
 if TYPE_CHECKING:
@@ -90,6 +104,39 @@ def _one_week(
     return list(comparison.results)
 
 
+def _observability(runner: WatchRunner) -> tuple[Observability, Observability]:
+    """(error rate, response time) over the whole watch: the deciding source, or why not."""
+    folder = runner.logs.folder
+    return observability(
+        source_windows(runner.windows),
+        prometheus_url=runner.prometheus.url if runner.prometheus is not None else None,
+        deploy_root=str(folder.parent) if folder is not None else None,
+    )
+
+
+def _users_one_week(runner: WatchRunner, source: str | None) -> list[MetricVerdict]:
+    """The users' error rate of the judged windows against the baseline's, under the one-week
+    indicators' tolerance (from the server counters or Prometheus)."""
+    base = runner.baseline_sources()
+    if source not in ("prometheus", "counters") or base is None:
+        return []
+    assert source is not None
+    b = [w for w in base.get(source, []) if w.has_errors()]
+    judged = source_windows(runner._judged_windows()).get(source, [])
+    c = [w for w in judged if w.has_errors()]
+    if not b or not c:
+        return []
+    label = f"users ({SOURCE_LABELS[source]})"
+    comparison = compare_metrics(
+        {label: source_metric(label, b, with_histograms=True)},
+        {label: source_metric(label, c, with_histograms=True)},
+        "error_rate:+1pp",
+        name="watch baseline",
+        model="watch",
+    )
+    return list(comparison.results)
+
+
 def _delivered(runner: WatchRunner, kind: str) -> tuple[int, int]:
     """(notifications of `kind` delivered to every URL, notifications of `kind` sent)."""
     sent = [e for e in runner.events if e.get("type") == "notification" and e.get("kind") == kind]
@@ -102,13 +149,24 @@ def _delivered(runner: WatchRunner, kind: str) -> tuple[int, int]:
 
 
 def _items(
-    runner: WatchRunner, watched: float, verdicts: Sequence[MetricVerdict]
+    runner: WatchRunner,
+    watched: float,
+    verdicts: Sequence[MetricVerdict],
+    errors_seen: Observability,
 ) -> list[dict[str, Any]]:
     fired = [e for e in runner.events if e.get("type") == "trigger"]
     out: list[dict[str, Any]] = []
     for item in WATCH_ITEMS:
         status, reason = "PASS", ""
-        if item.needs_s and watched < item.needs_s:
+        if item.what == "error_rate" and not errors_seen.observable:
+            # whatever the watch's probes saw, they are not users: never a pass
+            status, reason = "INCONCLUSIVE", str(errors_seen.reason)
+            if item.needs_s and watched < item.needs_s:
+                reason += (
+                    f"; watched {format_duration(watched)} of the "
+                    f"{format_duration(item.needs_s)} the item asks for"
+                )
+        elif item.needs_s and watched < item.needs_s:
             status = "SHORT"
             reason = (
                 f"watched {format_duration(watched)} of the {format_duration(item.needs_s)} "
@@ -164,8 +222,9 @@ def build_outcome(runner: WatchRunner) -> WatchOutcome:
     reasons: list[str] = []
     fired = [e for e in runner.events if e.get("type") == "trigger"]
     for e in fired:
+        source = f" (source: {e['decided_by']})" if e.get("decided_by") else ""
         reasons.append(
-            f"rollback trigger {e['name']} FIRED at {format_duration(float(e['t_s']))} "
+            f"rollback trigger {e['name']} FIRED{source} at {format_duration(float(e['t_s']))} "
             f"(window {e['window']}): {e['reason']}"
         )
     for e in runner.events:
@@ -201,8 +260,11 @@ def build_outcome(runner: WatchRunner) -> WatchOutcome:
     )
     if not health:
         incomplete.append("no health probe succeeded during the watch")
+    errors_seen, latency_seen = _observability(runner)
+    if not errors_seen.observable:
+        incomplete.append(str(errors_seen.reason))
     judged = _metric_results(runner._judged_windows())
-    verdicts = _one_week(base or {}, judged)
+    verdicts = _one_week(base or {}, judged) + _users_one_week(runner, errors_seen.source)
     # The one-week indicators decide only a watch as long as they ask for; a shorter watch
     # shows its comparison as facts (its items are SHORT), the triggers guard it meanwhile.
     decisive = watched >= ONE_WEEK_S - plan.window_s
@@ -219,9 +281,10 @@ def build_outcome(runner: WatchRunner) -> WatchOutcome:
             f"{len(runner.windows)} window(s)"
         )
     reasons += incomplete
-    items = _items(runner, watched, verdicts)
+    items = _items(runner, watched, verdicts, errors_seen)
     summary = _summary(
         runner,
+        signals=(errors_seen, latency_seen),
         decisive=decisive,
         verdict=verdict,
         code=code,
@@ -233,8 +296,9 @@ def build_outcome(runner: WatchRunner) -> WatchOutcome:
     return WatchOutcome(verdict=verdict, reasons=reasons, exit_code=code, summary=summary)
 
 
-def _final_triggers(runner: WatchRunner) -> list[dict[str, Any]]:
-    """Each trigger's state over the whole watch: FIRED if it ever fired, else its last state."""
+def _final_triggers(runner: WatchRunner, errors_seen: Observability) -> list[dict[str, Any]]:
+    """Each trigger's state over the whole watch: FIRED if it ever fired, else its last state;
+    the error-rate trigger is UNKNOWN when users' error rate was not observable."""
     fired = {e["name"]: e for e in runner.events if e.get("type") == "trigger"}
     out = []
     for t in runner.last_triggers or ():
@@ -243,15 +307,26 @@ def _final_triggers(runner: WatchRunner) -> list[dict[str, Any]]:
             e = fired[t.name]
             data["state"] = "FIRED"
             data["reason"] = f"fired at {format_duration(float(e['t_s']))}: {e['reason']}"
+            if e.get("decided_by"):
+                data["decided_by"] = e["decided_by"]
+        elif t.name == ERROR_TRIGGER and not errors_seen.observable:
+            data["state"] = "UNKNOWN"
+            data["reason"] = f"{errors_seen.reason}; the watch's probes: {t.reason}"
         out.append(data)
     if not out:
-        out = [{"name": name, "state": "FIRED", "reason": e["reason"]} for name, e in fired.items()]
+        out = [
+            {"name": name, "state": "FIRED", "reason": e["reason"], "decided_by": e["decided_by"]}
+            if e.get("decided_by")
+            else {"name": name, "state": "FIRED", "reason": e["reason"]}
+            for name, e in fired.items()
+        ]
     return out
 
 
 def _summary(
     runner: WatchRunner,
     *,
+    signals: tuple[Observability, Observability],
     decisive: bool,
     verdict: str,
     code: int,
@@ -291,12 +366,22 @@ def _summary(
             for v in verdicts
             if decisive and v.verdict is not Verdict.INCONCLUSIVE
         ],
-        "triggers": [{**t, "source": "watch"} for t in _final_triggers(runner)],
+        "triggers": [{**t, "source": "watch"} for t in _final_triggers(runner, signals[0])],
+        # which users' signal decided each relative trigger, and what every source saw
+        "signals": {
+            "error_rate": signals[0].to_json(),
+            "response_time": signals[1].to_json(),
+            "sources": source_totals(source_windows(runner.windows)),
+        },
         "items": items,
         "measured": [
             f"watched {format_duration(watched)} of {format_duration(runner.plan.duration_s)} in "
             f"{len(runner.windows)} window(s) of {format_duration(runner.plan.window_s)}",
             *[f"checklist item {s}" for s in short],
+            *[
+                f"{what} decided by {o.to_json()['label']}" if o.observable else str(o.reason)
+                for what, o in (("error rate", signals[0]), ("response time", signals[1]))
+            ],
             *[
                 f"compared with the baseline (not decisive: the one-week indicators need a "
                 f"week-long watch): {v.line()}"
@@ -333,14 +418,48 @@ def _timeline_png(runner: WatchRunner) -> str | None:
                 mem.append(float(s["memory_percent"]))
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
     base = (runner.baseline_metrics() or {}).get(HEALTH_METRIC)
-    axes[0].plot(xs, [v if v is not None else float("nan") for v in p50], marker=".", label="p50")
+    axes[0].plot(
+        xs,
+        [v if v is not None else float("nan") for v in p50],
+        marker=".",
+        label="watch probes (health)",
+    )
     if base is not None:
         vals = base.values("p50")
         if vals:
             axes[0].axhspan(min(vals), max(vals), color="tab:green", alpha=0.15, label="baseline")
-    axes[0].set_ylabel("health p50 (ms)")
-    axes[1].plot(xs, [v if v is not None else float("nan") for v in err], marker=".", color="r")
+
+    def series(name: str, figure: str) -> list[float]:
+        """One users' source's figure per window, aligned with `xs` (NaN where it has none)."""
+        out = []
+        for w in runner.windows:
+            data = (w.get("sources") or {}).get(name)
+            sw = SourceWindow.from_json(data) if isinstance(data, dict) else None
+            if sw is not None and figure == "latency" and sw.has_latency():
+                out.append(float(sw.latency_ms or 0.0))
+            elif sw is not None and figure == "errors" and sw.has_errors():
+                out.append(float(sw.error_rate_pct or 0.0))
+            else:
+                out.append(float("nan"))
+        return out
+
+    users_p50 = series("prometheus", "latency")
+    if not all(math.isnan(v) for v in users_p50):
+        axes[0].plot(xs, users_p50, marker=".", color="tab:orange", label="users (Prometheus)")
+    axes[0].set_ylabel("p50 (ms)")
+    axes[1].plot(
+        xs,
+        [v if v is not None else float("nan") for v in err],
+        marker=".",
+        color="r",
+        label="watch probes",
+    )
+    for name, color in (("prometheus", "tab:orange"), ("counters", "tab:blue")):
+        rates = series(name, "errors")
+        if not all(math.isnan(v) for v in rates):
+            axes[1].plot(xs, rates, marker=".", color=color, label=f"users ({SOURCE_LABELS[name]})")
     axes[1].set_ylabel("error rate (%)")
+    axes[1].legend(loc="upper left")
     axes[2].plot(mem_t, mem, color="tab:purple")
     axes[2].set_ylabel("memory (%)")
     axes[2].set_xlabel("minutes since the watch started")
@@ -364,6 +483,20 @@ def _timeline_png(runner: WatchRunner) -> str | None:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _source_row(t: Mapping[str, Any]) -> str:
+    """One users' signal in the HTML table."""
+    cells = [
+        str(t["label"]),
+        f"{t['available_windows']} of {t['windows']}",
+        "" if t["requests"] is None else f"{t['requests']:,}",
+        "" if t["errors"] is None else f"{t['errors']:,}",
+        "" if t["error_rate_pct"] is None else f"{t['error_rate_pct']:.2f}%",
+        str(t["restarts"]),
+        str(t["note"] or ""),
+    ]
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
 def _html(runner: WatchRunner, outcome: WatchOutcome, png: str | None) -> str:
     s = outcome.summary
     rows = "".join(
@@ -373,6 +506,7 @@ def _html(runner: WatchRunner, outcome: WatchOutcome, png: str | None) -> str:
     )
     triggers = "".join(
         f"<tr><td>{html.escape(t['name'])}</td><td>{t['state']}</td>"
+        f"<td>{html.escape(str(t.get('decided_by') or ''))}</td>"
         f"<td>{html.escape(str(t.get('reason', '')))}</td></tr>"
         for t in s["triggers"]
     )
@@ -392,6 +526,20 @@ def _html(runner: WatchRunner, outcome: WatchOutcome, png: str | None) -> str:
             for d in runner.notifier.deliveries()
         )
     img = f'<img alt="watch timeline" src="data:image/png;base64,{png}">' if png else ""
+    signals = s.get("signals") or {}
+    decided = "".join(
+        f"<li>{html.escape(what)}: "
+        + html.escape(
+            f"decided by {o.get('label')}" if o.get("observable") else str(o.get("reason"))
+        )
+        + "</li>"
+        for what, o in (
+            ("error rate", signals.get("error_rate") or {}),
+            ("response time", signals.get("response_time") or {}),
+        )
+    )
+    totals = signals.get("sources") or {}
+    users_rows = "".join(_source_row(totals[name]) for name in SOURCE_ORDER if name in totals)
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in outcome.reasons)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>etlverify watch</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px}}
@@ -400,8 +548,11 @@ table{{border-collapse:collapse}}</style></head><body>
 <p>{html.escape(runner.base_url)}, {html.escape(s["measured"][0])}; baseline:
 {html.escape(str(s.get("baseline")))}; watch {html.escape(str(runner.meta.get("watch_id")))}</p>
 <ul>{reasons}</ul>{img}
+<h2>Users' signals</h2><ul>{decided}</ul>
+<table><tr><th>source</th><th>windows with figures</th><th>requests</th><th>errors</th>
+<th>error rate</th><th>restarts</th><th>last note</th></tr>{users_rows}</table>
 <h2>Rollback triggers</h2>
-<table><tr><th>trigger</th><th>state</th><th>why</th></tr>{triggers}</table>
+<table><tr><th>trigger</th><th>state</th><th>source</th><th>why</th></tr>{triggers}</table>
 <h2>Checklist items</h2><table><tr><th>item</th><th>status</th><th>why</th></tr>{rows}</table>
 <h2>Notifications</h2><table><tr><th>kind</th><th>to</th><th>result</th><th>attempts</th>
 <th>error</th></tr>{notes}</table>

@@ -53,7 +53,13 @@ import httpx
 from etlverify.baseline.store import Baseline, Fingerprint, load
 from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget
 from etlverify.measure.results import LoadParameters, MetricResult
-from etlverify.rollout.cohort import CohortJudge, against_stored, judge, judge_load
+from etlverify.rollout.cohort import (
+    CohortJudge,
+    against_stored,
+    judge,
+    judge_load,
+    stored_name,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "reports" / "benchmarks" / "rollout_judge.json"
@@ -61,6 +67,9 @@ DEFAULT_RAW = REPO / "reports" / "benchmarks" / "rollout_judge_runs.json"
 FLAG = "new_request_handler"
 INSIDE, OUTSIDE = (0.0, 25.0), (25.0, 100.0)
 METRIC = "cohort GET /api/jobs"
+#: the component whose traffic (GET /api/jobs) this benchmark judges; a stored baseline holds
+#: every component's traffic under `stored_name(component, metric)`
+COMPONENT = "request_handler"
 CONDITIONS: tuple[tuple[str, float, bool], ...] = (
     ("A/A busy", 0.0, True),
     ("+10%", 0.10, False),
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 cj.record_baseline(path, hold_s, window_s, args.rate)
             stored = load(path)
             stored_json = json.loads(path.read_text())
-        stored_p50 = stored.metrics[METRIC].merged.p50_ms
+        stored_p50 = stored.metrics[stored_name(COMPONENT, METRIC)].merged.p50_ms
         print(f"stored baseline: 3 holds, pooled p50 {stored_p50:.3f} ms", flush=True)
         injected = {
             name: (calibrate(target, cj, share, (hold_s, window_s, args.rate)) if share else 0.0)
@@ -290,7 +299,11 @@ def judge_row(
     """One hold's verdicts: the cohort judge, and each side against the stored baseline."""
     result = judge(inside, outside, compared_with="outside", outside=outside)
     vs_stored = against_stored(
-        stored, {"inside": inside, "outside": outside}, load_params, environment
+        stored,
+        {"inside": inside, "outside": outside},
+        load_params,
+        environment,
+        component=COMPONENT,
     )
     return {
         "condition": name,

@@ -10,23 +10,35 @@ closed), in their paired form (`judge_paired`): each window's inside value again
 value of the same window, Wilcoxon signed-rank over those differences, and the noise being how
 much the difference (not the level) moves from window to window. No busy host, time of day or
 stale baseline can bias that comparison: both sides share all of them, window by window.
+
+What is sent depends on the component (`rollout/traffic.py`): the routes it lives on, and for the
+WebSocket manager the status pushes of jobs each side's users create (`rollout/pushes.py`). Every
+route is a metric, so a verdict names the route (or `cohort ws push`) with both sides' figures.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from etlverify.baseline.compare import Comparison, Verdict, compare, compare_metrics
+from etlverify.baseline.compare import (
+    Comparison,
+    MetricVerdict,
+    Verdict,
+    compare,
+    compare_metrics,
+)
 from etlverify.baseline.store import Baseline, BaselineError, Fingerprint, record
-from etlverify.contract import fnv1a_bucket
+from etlverify.contract import FLAG_BY_COMPONENT, fnv1a_bucket
 from etlverify.durations import utc
 from etlverify.measure.histogram import LatencyHistogram
 from etlverify.measure.results import LoadParameters, MetricResult, RunResult, WindowStats
+from etlverify.rollout.pushes import PushProbe
+from etlverify.rollout.traffic import JOB_SOURCE, UNKNOWN_JOB, Route, all_routes, routes_for
 
 if TYPE_CHECKING:
     import os
@@ -37,16 +49,18 @@ __all__ = [
     "CohortJudge",
     "CohortResult",
     "against_stored",
+    "cohort_line",
     "cohorts",
     "judge",
     "judge_load",
     "pick_users",
+    "stored_name",
 ]
 
 #: the checklist's 10% with the windows' own noise as the floor; errors by one percentage point
 COHORT_SPECS = "p50:10%,+2sd; error_rate:+1pp"
-#: what the judge sends as each user (read-only routes every component takes part in)
-ROUTES = ("/api/jobs?limit=20",)
+#: what the judge sends, every component's traffic (`rollout/traffic.py`): the load fingerprint
+ROUTES = all_routes()
 #: paired windows: 6 is the fewest whose signed-rank test can reach p < 0.05 (2 / 2^6 = 0.031)
 MIN_WINDOWS = 6
 
@@ -57,6 +71,12 @@ def judge_load(window_s: float, rate_rps: float) -> LoadParameters:
     return LoadParameters(
         model="cohort", duration_s=window_s, windows=0, rate_rps=rate_rps, routes=ROUTES
     )
+
+
+def stored_name(component: str, metric: str) -> str:
+    """A metric's name in a stored baseline: `websocket: cohort ws push`. Each component's
+    traffic is recorded on its own, so the same route under two mixes is two metrics."""
+    return f"{component}: {metric}"
 
 
 def pick_users(
@@ -113,6 +133,17 @@ def cohorts(
     )
 
 
+def cohort_line(result: MetricVerdict) -> str:
+    """`FAIL p50 cohort ws push: inside 6.1 ms vs outside 4.02 ms (+52.0%, ...) - ...`: the
+    comparison's line with the sides named (the reference is the outside cohort, or at 100% the
+    users admitted before: the step's `compared_with` says which)."""
+    line = result.line()
+    head = f"{result.verdict.value} {result.stat} {result.metric}: "
+    if not line.startswith(head) or " vs baseline " not in line:
+        return line
+    return head + "inside " + line[len(head) :].replace(" vs baseline ", " vs outside ", 1)
+
+
 @dataclass
 class CohortResult:
     """One hold's judgement: the comparison, the measured windows of both sides, and why."""
@@ -141,10 +172,10 @@ class CohortResult:
         return f"stored baseline '{name}': " + ", ".join(parts)
 
     def figures(self) -> list[str]:
-        """One line per metric verdict."""
+        """One line per metric verdict (`cohort_line`)."""
         if self.comparison is None:
             return []
-        return [r.line() for r in self.comparison.results]
+        return [cohort_line(r) for r in self.comparison.results]
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form (windows included, so a resumed rollout can compare at 100%)."""
@@ -187,9 +218,9 @@ def judge(
     fails = comparison.failures()
     unsure = [r for r in comparison.results if r.verdict is Verdict.INCONCLUSIVE]
     if fails:
-        verdict, reason = "FAIL", "; ".join(r.line() for r in fails)
+        verdict, reason = "FAIL", "; ".join(cohort_line(r) for r in fails)
     elif unsure:
-        verdict, reason = "INCONCLUSIVE", "; ".join(r.line() for r in unsure)
+        verdict, reason = "INCONCLUSIVE", "; ".join(cohort_line(r) for r in unsure)
     else:
         verdict, reason = "PASS", f"inside within tolerance of {compared_with}"
     return CohortResult(
@@ -202,17 +233,40 @@ def against_stored(
     sides: Mapping[str, Mapping[str, MetricResult]],
     load: LoadParameters,
     environment: Fingerprint | None = None,
+    component: str | None = None,
 ) -> dict[str, Comparison]:
     """Each side's windows against a stored baseline (the same rules and specs as the cohort
     comparison; the baseline's windows give the noise floor). It sees what the control cannot:
-    both sides slower than before. It cannot say which component: that is the cohort's job."""
+    both sides slower than before. It cannot say which component: that is the cohort's job.
+
+    With `component`, only that component's part of the baseline is compared (the metrics
+    `record_baseline` stored as `stored_name(component, ...)`); a metric of the step that the
+    baseline lacks is INCONCLUSIVE ("not in the baseline"), never a verdict."""
+    if component is not None:
+        prefix = stored_name(component, "")
+        mine = {k: v for k, v in baseline.metrics.items() if k.startswith(prefix)}
+        baseline = replace(baseline, metrics=mine)
     out: dict[str, Comparison] = {}
     for side, metrics in sides.items():
         if not metrics:
             continue
-        run = RunResult(metrics=dict(metrics), load=load, started_at="", duration_s=0.0)
+        named = {}
+        for key, metric in metrics.items():
+            stored_key = key if component is None else stored_name(component, key)
+            named[stored_key] = replace(metric, name=stored_key)
+        run = RunResult(metrics=named, load=load, started_at="", duration_s=0.0)
         out[side] = compare(baseline, run, COHORT_SPECS, environment=environment)
     return out
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One judge request: its time when answered as expected, else the error's kind."""
+
+    seconds: float | None
+    error: str
+    status: int | None
+    job_id: str | None = None
 
 
 class CohortJudge:
@@ -224,11 +278,19 @@ class CohortJudge:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 5.0,
+        push_timeout_s: float = 2.0,
+        job_source: str = JOB_SOURCE,
     ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = dict(headers or {})
+        self.push_timeout_s = push_timeout_s
+        self.job_source = job_source
+        #: why the last hold's WebSocket side could not connect or subscribe (one line each)
+        self.problems: list[str] = []
         self.client = httpx.Client(
-            base_url=base_url.rstrip("/"),
+            base_url=self.base_url,
             timeout=timeout_s,
-            headers=dict(headers or {}),
+            headers=self.headers,
             trust_env=False,
         )
 
@@ -250,23 +312,43 @@ class CohortJudge:
     def record_baseline(
         self, path: str | os.PathLike[str], hold_s: float, window_s: float, rate_rps: float
     ) -> Baseline:
-        """Measure the judge's traffic for `hold_s` as every user alike (whatever the flags are
-        now, typically before the rollout) and append it to the baseline at `path`."""
+        """Measure the judge's traffic as every user alike (whatever the flags are now, typically
+        before the rollout) and append it to the baseline at `path`: each component's traffic in
+        turn, for `hold_s` shared among them but at least `MIN_WINDOWS` windows each, stored
+        under `stored_name(component, metric)`."""
         load = judge_load(window_s, rate_rps)
-        metrics, _, limited = self.measure((0.0, 100.0), (100.0, 100.0), hold_s, window_s, rate_rps)
-        if limited:
-            raise BaselineError(
-                f"{path}: not recorded: the target answered 429 to {limited} of the judge's "
-                "requests (exempt the judge or lower --rate)"
+        each = max(hold_s / len(FLAG_BY_COMPONENT), MIN_WINDOWS * window_s)
+        metrics: dict[str, MetricResult] = {}
+        for component in FLAG_BY_COMPONENT:
+            got, _, limited = self.measure(
+                (0.0, 100.0), (100.0, 100.0), each, window_s, rate_rps, component=component
             )
-        errors = sum(m.errors for m in metrics.values())
-        if not metrics or errors:
-            raise BaselineError(
-                f"{path}: not recorded: {errors} of the judge's requests failed; a baseline is "
-                "recorded from a healthy target"
-            )
+            if limited:
+                raise BaselineError(
+                    f"{path}: not recorded: the target answered 429 to {limited} of the judge's "
+                    f"requests ({component}'s traffic; exempt the judge or lower --rate)"
+                )
+            errors = sum(m.errors for m in got.values())
+            if not got or errors:
+                kinds: dict[str, int] = {}
+                for m in got.values():
+                    for w in m.windows:
+                        for kind, k in w.error_kinds.items():
+                            kinds[kind] = kinds.get(kind, 0) + k
+                what = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+                raise BaselineError(
+                    f"{path}: not recorded: {errors} of the judge's requests failed "
+                    f"({component}'s traffic" + (f": {what}" if what else "") + "); a baseline "
+                    "is recorded from a healthy target"
+                )
+            for name, metric in got.items():
+                key = stored_name(component, name)
+                metrics[key] = replace(metric, name=key)
         run = RunResult(
-            metrics=metrics, load=load, started_at=utc(time.time()), duration_s=float(hold_s)
+            metrics=metrics,
+            load=load,
+            started_at=utc(time.time()),
+            duration_s=float(each * len(FLAG_BY_COMPONENT)),
         )
         return record(path, run, environment=self.fingerprint(load), name="rollout")
 
@@ -279,12 +361,17 @@ class CohortJudge:
         rate_rps: float,
         *,
         stop: Callable[[], bool] = lambda: False,
+        component: str | None = None,
     ) -> tuple[dict[str, MetricResult], dict[str, MetricResult], int]:
-        """Hold for `hold_s`: requests at `rate_rps`, alternating inside/outside users and routes.
+        """Hold for `hold_s`: `component`'s traffic (`rollout/traffic.py`) at `rate_rps`,
+        alternating inside/outside users, and the routes cycle by cycle.
 
         Returns (inside metrics, outside metrics, HTTP 429 answers). At least `MIN_WINDOWS`
-        windows: a hold shorter than that many windows uses shorter windows.
+        windows: a hold shorter than that many windows uses shorter windows. A push metric's
+        windows are complete once the pushes still due after the hold have arrived or timed out
+        (`push_timeout_s` at most).
         """
+        routes = routes_for(component)
         windows = max(MIN_WINDOWS, int(hold_s // window_s))
         per = hold_s / windows
         inside_users, outside_users = pick_users(inside, outside)
@@ -300,43 +387,107 @@ class CohortJudge:
             order = [("inside", u) for u in inside_users] + [("outside", u) for u in outside_users]
         hists: dict[tuple[str, str, int], LatencyHistogram] = {}
         errors: dict[tuple[str, str, int], dict[str, int]] = {}
+        self.problems = []
+        probe: PushProbe | None = None
+        if any(r.push for r in routes) and order:
+            users = dict(reversed(order))  # a user of each side (its first one)
+            probe = PushProbe(
+                self.base_url,
+                users,
+                headers=self.headers,
+                timeout_s=self.push_timeout_s,
+                # a window's jobs (a second's at least): a side asks for the next ones while
+                # half of them are left, a second or more before it runs out
+                chunk=int(rate_rps * max(per, 1.0)) + 8,
+                job_source=self.job_source,
+            )
+            self.problems = probe.open()
+        last_job: dict[str, str] = {}  # side -> the id of the last job it created
         limited = 0
         t0 = time.monotonic()
         n = 0
-        while not stop():
-            now = time.monotonic() - t0
-            if now >= hold_s or not order:
-                break
-            window = min(windows - 1, int(now // per))
-            side, user = order[n % len(order)]
-            route = ROUTES[(n // len(order)) % len(ROUTES)]
-            if n % len(order) == 0 and n:
-                rng.shuffle(order)  # a new cycle, a new interleaving
-            metric = f"cohort GET {route.split('?')[0]}"
-            key = (side, metric, window)
-            hists.setdefault(key, LatencyHistogram())
-            errors.setdefault(key, {})
-            started = time.perf_counter()
-            try:
-                resp = self.client.get(route, headers={"X-User-Id": user})
-                elapsed = time.perf_counter() - started
-                if resp.status_code == 200:
-                    hists[key].record_s(elapsed)
+        try:
+            while not stop():
+                now = time.monotonic() - t0
+                if now >= hold_s or not order:
+                    break
+                window = min(windows - 1, int(now // per))
+                side, user = order[n % len(order)]
+                route = routes[(n // len(order)) % len(routes)]
+                if n % len(order) == 0 and n:
+                    rng.shuffle(order)  # a new cycle, a new interleaving
+                key = (side, route.metric, window)
+                hists.setdefault(key, LatencyHistogram())
+                errs = errors.setdefault(key, {})
+                if probe is not None and route.push:
+                    kind, status = probe.create(self.client, side, user, window)
+                    if kind:
+                        errs[kind] = errs.get(kind, 0) + 1
+                        limited += status == 429
                 else:
-                    kind = f"http_{resp.status_code}"
-                    errors[key][kind] = errors[key].get(kind, 0) + 1
-                    limited += resp.status_code == 429
-            except httpx.HTTPError as exc:
-                kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
-                errors[key][kind] = errors[key].get(kind, 0) + 1
-            n += 1
-            next_at = n / rate_rps
-            time.sleep(max(0.0, next_at - (time.monotonic() - t0)))
+                    answer = self._send(route, user, last_job.get(side))
+                    if answer.job_id:
+                        last_job[side] = answer.job_id
+                    if answer.seconds is not None:
+                        hists[key].record_s(answer.seconds)
+                    else:
+                        errs[answer.error] = errs.get(answer.error, 0) + 1
+                        limited += answer.status == 429
+                n += 1
+                next_at = n / rate_rps
+                time.sleep(max(0.0, next_at - (time.monotonic() - t0)))
+        finally:
+            if probe is not None:
+                try:
+                    metric = next(r.metric for r in routes if r.push)
+                    for (side, window), (hist, kinds) in probe.finish(self.client).items():
+                        key = (side, metric, window)
+                        hists.setdefault(key, LatencyHistogram()).add(hist)
+                        errs = errors.setdefault(key, {})
+                        for kind, k in kinds.items():
+                            errs[kind] = errs.get(kind, 0) + k
+                finally:
+                    probe.close()
         return (
             self._results(hists, errors, "inside", per),
             self._results(hists, errors, "outside", per),
             limited,
         )
+
+    def _send(self, route: Route, user: str, job: str | None) -> _Answer:
+        """One request of `route` as `user` (`job`: the side's last job, for `{job}`). An answer
+        with another status than the route expects is an error, and so is an expected error
+        answer without the contract's error body (`code`, `correlationId`)."""
+        path = route.path.replace("{job}", job or UNKNOWN_JOB)
+        body: dict[str, Any] | None = None
+        if route.body == "job":
+            body = {
+                "type": "EXTRACT",
+                "source_config": self.job_source,
+                "target_config": "sink=null",
+            }
+        elif route.body == "invalid":
+            body = {"type": "EXTRACT", "target_config": "sink=null"}  # no source_config: 400
+        started = time.perf_counter()
+        try:
+            resp = self.client.request(route.method, path, json=body, headers={"X-User-Id": user})
+        except httpx.HTTPError as exc:
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
+            return _Answer(None, kind, None)
+        elapsed = time.perf_counter() - started
+        if resp.status_code not in route.expect:
+            return _Answer(None, f"http_{resp.status_code}", resp.status_code)
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if route.expects_error and not (
+            isinstance(data, dict)
+            and all(isinstance(data.get(k), str) and data[k] for k in ("code", "correlationId"))
+        ):
+            return _Answer(None, "bad_error_body", resp.status_code)
+        job_id = data.get("job_id") if route.body == "job" and isinstance(data, dict) else None
+        return _Answer(elapsed, "", resp.status_code, str(job_id) if job_id else None)
 
     @staticmethod
     def _results(

@@ -284,6 +284,7 @@ class Conductor:
             self.plan.window_s,
             self.plan.rate_rps,
             stop=lambda: self.stop_reason is not None,
+            component=step.component,
         )
         if limited:
             return CohortResult(
@@ -303,6 +304,7 @@ class Conductor:
                 {"inside": inside, "outside": outside},
                 load,
                 self.judge.fingerprint(load),
+                component=step.component,
             )
         return result
 

@@ -21,6 +21,7 @@ TIMING_MODULES = (
     "etlverify/test_measure_load.py",
     "etlverify/test_measure_wspush.py",
     "etlverify/test_measure_sampler.py",
+    "etlverify/test_measure_host.py",
 )
 
 

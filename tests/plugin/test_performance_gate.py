@@ -78,11 +78,12 @@ def _run(pytester: pytest.Pytester, run_args: tuple[str, ...], *args: str) -> py
 
 @pytest.fixture(scope="module")
 def baseline_file(tmp_path_factory: pytest.TempPathFactory, faulty_target: EmbeddedTarget) -> Path:
-    """Two recorded runs of the response-time test against `faulty_target` (no fault set)."""
+    """Three recorded runs of the response-time test against `faulty_target` (no fault set): a
+    baseline file is judged once it holds three (before, `--baseline-record` records, unjudged)."""
     work = tmp_path_factory.mktemp("record")
     shutil.copytree(SECTION, work / "performance", ignore=shutil.ignore_patterns("__pycache__"))
     path = work / "perf.json"
-    for _ in range(2):
+    for _ in range(3):
         proc = subprocess.run(
             [
                 sys.executable,
@@ -110,7 +111,7 @@ def baseline_file(tmp_path_factory: pytest.TempPathFactory, faulty_target: Embed
             check=False,
         )
         assert "--baseline-record: appended run" in proc.stdout, proc.stdout + proc.stderr
-    assert len(load(path).runs) == 2
+    assert len(load(path).runs) == 3
     return path
 
 

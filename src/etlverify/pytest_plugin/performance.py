@@ -70,11 +70,15 @@ from etlverify.baseline import (
     parse_specs,
     record,
 )
+from etlverify.baseline.contention import REMEASURE_LIMIT, settle
 from etlverify.baseline.machine import MACHINE_RUNS, cache_dir, machine_baseline_path
 from etlverify.baseline.machine import recorded_runs as baseline_runs
+from etlverify.baseline.triggers import TriggerState, not_judged
 from etlverify.embedded import describe_overrides, overrides_digest
 from etlverify.errors import CheckFailed, TargetError
+from etlverify.health import TargetBlocked
 from etlverify.measure import ClosedLoad, LoadParameters, MetricResult, OpenLoad, RunResult
+from etlverify.measure.host import HostSampler, HostWindow, describe_contention
 from etlverify.pytest_plugin.markers import checklist_ids
 from etlverify.pytest_plugin.options import get_settings
 from etlverify.pytest_plugin.targethealth import SectionBlocked
@@ -549,6 +553,8 @@ class PerfCollector:
         self.calibration_problems: dict[str, str] = {}
         #: groups whose measurement raised (a hung or broken target): later tests fail at once
         self.measure_errors: dict[str, str] = {}
+        #: the health event behind such an error (the target was down): later tests are tied to it
+        self.measure_events: dict[str, TargetBlocked] = {}
         #: a request the section needs was refused (`_refused`): every later test fails with it
         self.section_block: dict[str, Any] | None = None
         self.target_config = self._target_config()
@@ -558,6 +564,14 @@ class PerfCollector:
             self.settings = replace(settings, baseline=path)
         self.baseline_path: Path | None = self.settings.baseline
         self._progress_shown: dict[str, int] = {}
+        #: the host during each group's windows (`etlverify.measure.host`): measure the measurer
+        self.host: dict[str, list[HostWindow]] = {}
+        #: makes the sampler of one measurement (a test replaces it to build a busy host)
+        self.host_sampler: Callable[[], HostSampler] = lambda: HostSampler(exclude=_our_children)
+        #: how often a group was measured again because a relative FAIL met a contended host
+        self.remeasured: dict[str, int] = {}
+        #: groups whose relative FAILs stayed on a contended host: INCONCLUSIVE, with this reason
+        self.host_excused: dict[str, str] = {}
 
     def _target_config(self) -> dict[str, Any]:
         """What the target is configured with, as far as the suite knows (machine baseline key)."""
@@ -657,6 +671,22 @@ class PerfCollector:
         if group in self.calibration_problems:
             return False
         return self.recorded_runs(group) < MACHINE_RUNS
+
+    def young_groups(self) -> dict[str, str]:
+        """Groups recorded with ``--baseline-record`` into a baseline holding fewer than
+        `MACHINE_RUNS` runs of them -> why they are not judged yet (the file's first uses)."""
+        if not self.settings.record or self.baseline is None or self.settings.machine:
+            return {}
+        out: dict[str, str] = {}
+        for group in self.groups:
+            held = self.recorded_runs(group)
+            if 0 < held < MACHINE_RUNS:
+                out[group] = (
+                    f"recording the baseline: it holds {held} of the {MACHINE_RUNS} runs it needs "
+                    f"before it judges (one run cannot show how much whole runs vary); this run "
+                    f"is recorded as run {held + 1}"
+                )
+        return out
 
     def recorded_runs(self, group: str) -> int:
         """How many recorded runs the baseline holds of `group`."""
@@ -781,18 +811,24 @@ class PerfCollector:
                     raise SectionBlocked(self._blocked_message(), self.section_block)
                 if g in self.measure_errors:
                     # measured once and it broke: say so at once, do not wait for it again
-                    raise TargetError(
+                    message = (
                         f"performance: the {g!r} measurement failed earlier in this run: "
                         f"{self.measure_errors[g]}"
                     )
+                    if g in self.measure_events:
+                        raise TargetBlocked(message, self.measure_events[g].event)
+                    raise TargetError(message)
                 if g not in self.groups and (g in self.needed or g == name):
                     try:
                         spent[g] = self._measure(g)
+                        spent[g] += self._remeasure_if_contended(g)
                     except Exception as exc:
                         text = str(exc).strip()
                         self.measure_errors[g] = (
                             text.splitlines()[0][:300] if text else "it ended without a message"
                         )
+                        if isinstance(exc, TargetBlocked):
+                            self.measure_events[g] = exc
                         self._refused(exc, g, request)
                         raise
         result = self.groups[name]
@@ -845,13 +881,96 @@ class PerfCollector:
         t0 = time.monotonic()
         first_use = self._needs_calibration(group)
         phase = FIRST_USE_PHASE if first_use else "measuring"
-        result = self.measurer(group, phase, self._ticker(group, phase))
+        with self.host_sampler() as host:
+            started = time.monotonic()
+            result = self.measurer(group, phase, self._ticker(group, phase))
+        self.host[group] = _host_windows(host, started, result)
+        contention = describe_contention(self.host[group])
+        result.facts["host"] = [w.to_json() for w in self.host[group]]
+        result.facts["host_contention"] = contention
         self.add(result)
         if first_use:
             self._record_first_use(group, result)
         self._progress_done(group, time.monotonic() - t0)
         self.timings[group] = round(time.monotonic() - t0, 3)
         return self.timings[group]
+
+    def host_json(self) -> dict[str, Any] | None:
+        """The host during each measured group, for summary.json and the report (None when
+        nothing was sampled): windows, the contention line, re-measures, the excuse."""
+        if not self.host:
+            return None
+        return {
+            "groups": {
+                group: {
+                    "windows": [w.to_json() for w in windows],
+                    "contention": describe_contention(windows),
+                    "remeasured": self.remeasured.get(group, 0),
+                    "excused": self.host_excused.get(group),
+                }
+                for group, windows in self.host.items()
+            },
+            "lines": [
+                f"{group}: {describe_contention(windows)}" + _again(self.remeasured.get(group, 0))
+                for group, windows in self.host.items()
+                if describe_contention(windows)
+            ],
+        }
+
+    def _relative_fails(self, group: str) -> list[MetricVerdict]:
+        """This group's relative FAILs (the 10% rule on latency or throughput) against the
+        baseline; errors are absolute and never excused by a busy host."""
+        if self.baseline is None or group in self.calibrated or group in self.young_groups():
+            return []
+        run = self._run_of({group: self.groups[group]})
+        base_metrics = {m: r for m, r in self.baseline.metrics.items() if group_of(m) == group}
+        if run is None or not base_metrics:
+            return []
+        mine = replace(run, metrics={m: r for m, r in run.metrics.items() if m in base_metrics})
+        comparison = compare(
+            replace(self.baseline, metrics=base_metrics),
+            mine,
+            self.settings.specs,
+            environment=self.environment,
+            allow_foreign=self.settings.allow_foreign,
+        )
+        return [
+            r
+            for r in comparison.results
+            if r.verdict is Verdict.FAIL and r.stat not in ABSOLUTE_STATS
+        ]
+
+    def _remeasure_if_contended(self, group: str) -> float:
+        """A relative FAIL measured on a contended host is measured again, bounded: this group
+        only (`etlverify.baseline.contention.settle`, the one rule). Still failing on a still
+        contended host, its relative verdicts become INCONCLUSIVE naming the contention
+        (`host_excused`); failing on a quiet host, it fails. Returns the extra seconds spent."""
+        spent = 0.0
+
+        def again() -> tuple[GroupResult, list[HostWindow]]:
+            nonlocal spent
+            del self.groups[group]
+            spent += self._measure(group)
+            return self.groups[group], self.host.get(group, [])
+
+        def announce(k: int, contention: str) -> None:
+            print(
+                f"{group}: a relative FAIL on a contended host ({contention}): "
+                f"measuring {group!r} again ({k} of {REMEASURE_LIMIT})"
+            )
+
+        settled = settle(
+            again,
+            lambda _m: bool(self._relative_fails(group)),
+            first=(self.groups[group], self.host.get(group, [])),
+            on_remeasure=announce,
+        )
+        self.remeasured[group] = settled.remeasured
+        if settled.excuse is None:
+            self.host_excused.pop(group, None)
+        else:
+            self.host_excused[group] = settled.excuse
+        return spent
 
     def _record_first_use(self, group: str, result: GroupResult) -> None:
         """First use of a machine baseline: record this measurement of `group` into the cache.
@@ -1053,6 +1172,36 @@ class PerfCollector:
                     for r in comparison.results
                 ),
             )
+        young = self.young_groups()
+        if young:
+            # --baseline-record into a baseline that does not hold MACHINE_RUNS runs yet: judged
+            # against one or two runs, a busy moment would refuse the very runs that teach the
+            # baseline how much runs vary (the machine baseline's first use, for a file)
+            comparison = replace(
+                comparison,
+                results=tuple(
+                    replace(r, verdict=Verdict.INCONCLUSIVE, reason=young[g])
+                    if (g := group_of(r.metric)) in young and r.verdict is not Verdict.PASS
+                    else r
+                    for r in comparison.results
+                ),
+                triggers=tuple(
+                    not_judged(t, next(iter(young.values()))) for t in comparison.triggers
+                ),
+            )
+        if self.host_excused:
+            comparison = replace(
+                comparison,
+                results=tuple(
+                    replace(r, verdict=Verdict.INCONCLUSIVE, reason=self.host_excused[g])
+                    if (g := group_of(r.metric)) in self.host_excused
+                    and r.verdict is Verdict.FAIL
+                    and r.stat not in ABSOLUTE_STATS
+                    else r
+                    for r in comparison.results
+                ),
+                triggers=tuple(_excuse_trigger(t, self.host_excused) for t in comparison.triggers),
+            )
         self.comparison = comparison
         self._judged = measured
         return self.comparison
@@ -1077,12 +1226,13 @@ class PerfCollector:
         run = self.run_result()
         if self.baseline is None or run is None:
             return None
-        wanted = set(groups) & set(self.groups) - set(self.calibrated)
+        wanted = set(groups) & set(self.groups) - set(self.calibrated) - set(self.young_groups())
         if not wanted:
             return None  # a first-use group compared with itself cannot trigger
         base = {m: r for m, r in self.baseline.metrics.items() if group_of(m) in wanted}
         mine = replace(run, metrics={m: r for m, r in run.metrics.items() if group_of(m) in wanted})
-        return evaluate_triggers(base, mine)
+        excused = {g: why for g, why in self.host_excused.items() if g in wanted}
+        return tuple(_excuse_trigger(t, excused) for t in evaluate_triggers(base, mine))
 
     def foreign_reason(self) -> str | None:
         """Why the baseline cannot judge this run (other hardware or target configuration), or
@@ -1305,6 +1455,50 @@ _INI_KEYS = {
     "perf_rate": "route load rate in requests/s (see --perf-rate)",
     "inconclusive_blocks": "true: an INCONCLUSIVE verdict fails (see --inconclusive-blocks)",
 }
+
+
+#: stats whose FAIL a busy host never excuses: errors are the target's, however busy the host
+ABSOLUTE_STATS = ("error_rate",)
+#: the relative trigger a busy host can move like the 10% rule (errors are never the host's)
+BUSY_EXCUSED_TRIGGERS = ("response_time_degradation",)
+
+
+def _again(times: int) -> str:
+    return f" (measured {times + 1} times)" if times else ""
+
+
+def _our_children() -> list[int]:
+    """The pids this run started (an embedded target, its helpers): their CPU is the
+    measurement's, not "other processes"."""
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process().children()]
+    except psutil.Error:
+        return []
+
+
+def _host_windows(host: HostSampler, started: float, result: GroupResult) -> list[HostWindow]:
+    """The host during each trial window of `result` (the windows of its first metric that has
+    any; their start is relative to the load's start, taken as the measurement's start)."""
+    for metric in result.metrics.values():
+        if metric.windows:
+            return [
+                host.window(started + w.start_s, started + w.start_s + w.duration_s)
+                for w in metric.windows
+            ]
+    return []
+
+
+def _excuse_trigger(trigger: TriggerResult, excused: Mapping[str, str]) -> TriggerResult:
+    """A relative trigger FIRED on a group whose measurement stayed contended: UNKNOWN, with
+    the contention; absolute triggers (errors, outage, memory, database) stand."""
+    if not excused or trigger.name not in BUSY_EXCUSED_TRIGGERS or not trigger.fired:
+        return trigger
+    why = next(iter(excused.values()))
+    return replace(
+        trigger, state=TriggerState.UNKNOWN, reason=f"not judged: {why} ({trigger.reason})"
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -174,8 +174,12 @@ def performance_section(
     unavailable: str = "",
     settings: Mapping[str, Any] | None = None,
     first_use: Mapping[str, Any] | None = None,
+    host: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``performance`` object of summary.json (``available: false`` with a reason if none).
+
+    `host`: the host's contention while each group was measured (`PerfCollector.host_json`:
+    per group its windows, the one-line contention, re-measures and why a FAIL was excused).
 
     `first_use`: the facts of a machine baseline's first-use run (which of the runs it needs this
     was, the groups recorded, the one line that says it), as ``first_use``.
@@ -190,6 +194,7 @@ def performance_section(
     return {
         "available": True,
         "first_use": dict(first_use) if first_use else None,
+        "host": dict(host) if host else None,
         "reason": "" if comparison is not None else unavailable or "no baseline to compare with",
         "verdict": comparison.verdict.value if comparison is not None else None,
         "alpha": comparison.alpha if comparison is not None else None,

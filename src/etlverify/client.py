@@ -360,26 +360,18 @@ class EtlClient:
         key = id(request)
         health.in_flight[key] = (what, started)
         kind = text = ""
-        error: Exception | None = None
         try:
             response = self._http.send(request)
-        except httpx.TimeoutException as exc:
-            kind, text, error = "timeout", f"no response within {limit:g} s", exc
+        except httpx.TimeoutException:
+            kind, text = "timeout", f"no response within {limit:g} s"
         except httpx.ConnectError as exc:
             refused = _reason(exc) == "connection refused"
-            kind, text, error = (
-                "refused" if refused else "dropped",
-                f"connection failed: {_reason(exc)}",
-                exc,
-            )
+            kind = "refused" if refused else "dropped"
+            text = f"connection failed: {_reason(exc)}"
         except httpx.RemoteProtocolError as exc:
-            kind, text, error = (
-                "dropped",
-                f"connection dropped or broken response: {_reason(exc)}",
-                exc,
-            )
+            kind, text = "dropped", f"connection dropped or broken response: {_reason(exc)}"
         except httpx.TransportError as exc:
-            kind, text, error = "dropped", f"transport error: {_reason(exc)}", exc
+            kind, text = "dropped", f"transport error: {_reason(exc)}"
         finally:
             health.in_flight.pop(key, None)
         if kind:
@@ -390,7 +382,7 @@ class EtlClient:
                 started=started,
                 reused_after_error=None if new_connection else reused_after,
             )
-            message = f"{what}: {text} ({type(error).__name__})"
+            message = f"{what}: {text}"
             if event is not None and event.kind.value == "keepalive-hang":
                 message = (
                     f"{what}: {text} on a keep-alive connection reused after an HTTP "
@@ -399,7 +391,9 @@ class EtlClient:
             raise TargetError(
                 f"{message}\nReproduce with: {self.curl(request)}", kind=kind
             ) from None
-        health.on_answer(time.perf_counter() - t0)
+        health.on_answer(
+            time.perf_counter() - t0, what, response.status_code, created_job(request, response)
+        )
         self._last_error = response.status_code if response.status_code >= 400 else None
         if self.pace:
             self._note_window(response)
@@ -472,10 +466,28 @@ class EtlClient:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
+    text = str(exc).strip()
     if "refused" in text.lower():
         return "connection refused"
+    if not text:
+        return "no details given"
     return text.splitlines()[0][:200]
+
+
+def created_job(request: httpx.Request, response: httpx.Response) -> str:
+    """The id of the job a ``POST .../api/jobs`` created ("" for any other request or answer)."""
+    if (
+        request.method != "POST"
+        or not request.url.path.endswith("/api/jobs")
+        or response.status_code not in (200, 201)
+    ):
+        return ""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
+        return ""
+    job = body.get("job_id") if isinstance(body, dict) else None
+    return str(job)[:80] if isinstance(job, str | int) else ""
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:

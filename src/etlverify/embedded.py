@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from etlverify.errors import in_words
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -247,7 +249,7 @@ class EmbeddedTarget:
                     return
                 last = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
-                last = type(exc).__name__
+                last = in_words(exc)
             time.sleep(0.1)
         self.stop()
         raise EmbeddedTargetError(

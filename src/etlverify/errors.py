@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["CheckFailed", "EtlVerifyError", "SettingsError", "TargetError"]
+__all__ = ["CheckFailed", "EtlVerifyError", "SettingsError", "TargetError", "in_words"]
 
 
 class EtlVerifyError(Exception):
@@ -109,3 +109,20 @@ class CheckFailed(EtlVerifyError, AssertionError):
                 self.curl,
             ),
         )
+
+
+def in_words(exc: BaseException) -> str:
+    """What went wrong with a request, for people: never a class name or a library path."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    text = str(exc).strip()
+    first = text.splitlines()[0][:120] if text else ""
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused" if "refused" in first.lower() else "could not connect"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return "the connection was closed before an answer"
+    if isinstance(exc, ValueError):
+        return "the answer was not valid JSON"
+    return first or "the request failed"

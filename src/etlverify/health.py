@@ -22,15 +22,24 @@ Two narrower conditions are told apart from "not answering", because the fix dif
 - a WebSocket handshake that never completes while HTTP answers (`ws_handshake`): later WebSocket
   connects are blocked the same way, HTTP checks are not.
 
-Plain Python and thread-safe (the uptime sampler and load threads report too).
+**Last moments.** The view keeps the last requests the target answered (method, path, status,
+the job a ``POST /api/jobs`` created). When the target stops answering or goes away, the event
+says what it did last and how long before the first failure ("the target went away about 1.1 s
+after POST /api/jobs created job_...; the first failure after it: ..."), and, when a `log_reader`
+is set (the pytest plugin sets one with ``--deploy-root``), the last ERROR/FATAL lines of its log.
+
+Plain Python and thread-safe (the uptime sampler, the measurements and load threads report too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
+import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -39,7 +48,8 @@ from urllib.parse import urlsplit
 from etlverify.errors import TargetError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
 
 __all__ = [
     "Event",
@@ -48,6 +58,8 @@ __all__ = [
     "TargetHealth",
     "clock",
     "health_for",
+    "log_error_lines",
+    "plain_reason",
     "reset_health",
 ]
 
@@ -57,6 +69,10 @@ PROBE_TIMEOUT = 1.5
 PROBE_INTERVAL = 5.0
 #: an answer slower than this is noted as "slow" (once per episode)
 SLOW_S = 2.0
+#: answered requests kept for the "last moments" of a target that goes away
+RECENT = 6
+#: ERROR/FATAL lines of the target's log an event quotes
+LOG_LINES = 3
 
 
 def clock(at: float) -> str:
@@ -77,6 +93,27 @@ class EventKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class Answered:
+    """One request the target answered (for the last moments of a target that went away)."""
+
+    at: float
+    what: str
+    status: int
+    #: the job a ``POST /api/jobs`` created ("" otherwise)
+    job: str = ""
+
+    def text(self) -> str:
+        """``POST /api/jobs 201 (created job_1a2b)``."""
+        return f"{self.what} {self.status}" + (f" (created {self.job})" if self.job else "")
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready dict."""
+        return {"at_epoch": round(self.at, 3), "request": self.what, "status": self.status} | (
+            {"job_id": self.job} if self.job else {}
+        )
+
+
+@dataclass(frozen=True)
 class Event:
     """One change in the target's state, as the suite saw it."""
 
@@ -86,10 +123,16 @@ class Event:
     detail: str
     requests: int
     connections: int
+    #: for a target that went away or stopped answering: what it did last (one sentence)
+    moments: str = ""
+    #: the last requests it answered before the event, oldest first
+    last_requests: tuple[Answered, ...] = ()
+    #: the last ERROR/FATAL lines of its log (with a deployment root)
+    log: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """JSON-ready dict (summary.json's ``health`` timeline)."""
-        return {
+        data: dict[str, object] = {
             "kind": self.kind.value,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
             "at_epoch": round(self.at, 3),
@@ -98,6 +141,12 @@ class Event:
             "requests": self.requests,
             "connections": self.connections,
         }
+        if self.moments:
+            data["moments"] = self.moments
+            data["last_requests"] = [a.to_json() for a in self.last_requests]
+        if self.log:
+            data["log"] = list(self.log)
+        return data
 
 
 class TargetBlocked(TargetError):
@@ -140,6 +189,13 @@ class TargetHealth:
     in_flight: dict[int, tuple[str, float]] = field(default_factory=dict)
     #: route prefix -> `etlverify.client.Pacing`: what clients waited for the target's rate limits
     pacing: dict[str, Any] = field(default_factory=dict)
+    #: the last ERROR/FATAL lines of the target's log, when it can be read (see `log_error_lines`)
+    log_reader: Callable[[], Sequence[str]] | None = None
+    recent: deque[Answered] = field(default_factory=lambda: deque(maxlen=RECENT))
+    #: jobs the target created in this run (answers to POST /api/jobs), the first and the last
+    jobs_created: int = 0
+    first_job: Answered | None = None
+    last_job: Answered | None = None
     _http: _Channel = field(default_factory=_Channel)
     _ws: _Channel = field(default_factory=_Channel)
     _slow_noted: bool = False
@@ -169,17 +225,39 @@ class TargetHealth:
             return "recovered"
         return "slow" if self._slow_noted else "answering"
 
-    def _event(self, kind: EventKind, detail: str, at: float | None = None) -> Event:
+    def _event(
+        self, kind: EventKind, detail: str, at: float | None = None, *, failure: str = ""
+    ) -> Event:
+        when = time.time() if at is None else at
+        moments = ""
+        last: tuple[Answered, ...] = ()
+        log: tuple[str, ...] = ()
+        if kind in (EventKind.GONE, EventKind.NOT_ANSWERING):
+            last = tuple(a for a in self.recent if a.at <= when + 0.5)
+            jobs = (self.first_job, self.last_job, self.jobs_created)
+            moments = last_moments(kind, last, failure or detail, when, jobs)
+            log = self._log_lines()
         event = Event(
             kind,
-            time.time() if at is None else at,
+            when,
             self.check,
             detail,
             self.requests,
             self.connections,
+            moments=moments,
+            last_requests=last,
+            log=log,
         )
         self.events.append(event)
         return event
+
+    def _log_lines(self) -> tuple[str, ...]:
+        if self.log_reader is None:
+            return ()
+        try:
+            return tuple(self.log_reader())[-LOG_LINES:]
+        except (OSError, ValueError):
+            return ()
 
     @contextlib.contextmanager
     def planned(self, reason: str) -> Iterator[None]:
@@ -236,13 +314,33 @@ class TargetHealth:
         with self._lock:
             self.connections += 1
 
-    def on_answer(self, seconds: float) -> None:
-        """A response arrived after `seconds`."""
+    def on_answer(self, seconds: float, what: str = "", status: int = 0, job: str = "") -> None:
+        """A response arrived after `seconds` (`what` ``METHOD /path``, its status, the job a
+        ``POST /api/jobs`` created)."""
+        self.note_answered(what, status, job)
         with self._lock:
-            self.answered += 1
             if seconds >= self.slow_s and not self._slow_noted:
                 self._slow_noted = True
                 self._event(EventKind.SLOW, f"an answer took {seconds:.1f} s")
+
+    def note_answered(self, what: str, status: int, job: str = "") -> None:
+        """An answer arrived (the measurements call this: their latencies are judged elsewhere,
+        so a slow one under load is not a health event)."""
+        with self._lock:
+            self.answered += 1
+            if what:
+                answer = Answered(time.time(), what, status, job)
+                self.recent.append(answer)
+                if job:
+                    self.jobs_created += 1
+                    self.last_job = answer
+                    if self.first_job is None:
+                        self.first_job = answer
+
+    def note_request(self) -> None:
+        """A request was sent without `before_request` (a measurement that checked `down`)."""
+        with self._lock:
+            self.requests += 1
 
     def on_no_answer(
         self,
@@ -261,6 +359,9 @@ class TargetHealth:
         """
         if self._planned:
             return None
+        with self._lock:
+            if self._http.down is not None:
+                return self._http.down  # known down: no second probe
         reason = self.probe()
         if reason is None:
             if reused_after_error is not None and kind in ("timeout", "dropped"):
@@ -285,13 +386,18 @@ class TargetHealth:
                     EventKind.GONE,
                     f"{what}: connection refused (the process exited or closed its port)",
                     started,
+                    failure=f"{what}: connection refused"
+                    if kind == "refused"
+                    else f"{what}: {_KIND_WORDS.get(kind, kind)}, and a fresh connection was "
+                    "refused",
                 )
             else:
                 event = self._event(
                     EventKind.NOT_ANSWERING,
-                    f"{what} got no answer ({kind}) and a fresh connection got none within "
-                    f"{self.probe_timeout:g} s ({reason})",
+                    f"{what} got no answer ({_KIND_WORDS.get(kind, kind)}) and a fresh connection "
+                    f"got none within {self.probe_timeout:g} s ({reason})",
                     started,
+                    failure=f"{what}: {_KIND_WORDS.get(kind, kind)}",
                 )
             self._http.down = event
             return event
@@ -317,16 +423,20 @@ class TargetHealth:
 
     def blocked_message(self, what: str, down: Event) -> str:
         """One line for a request not sent because of `down`."""
+        verb = "not tried" if down.kind is EventKind.WS_HANDSHAKE else "not sent"
+        return f"blocked: {what} {verb}: {self.down_text(down)}"
+
+    def down_text(self, down: Event) -> str:
+        """``the target has not answered since 06:31:12 (after ...; first seen in test_x)``."""
         if down.kind is EventKind.WS_HANDSHAKE:
             return (
-                f"blocked: {what} not tried: WebSocket handshakes on this target have not "
-                f"completed since {clock(down.at)} (first seen in {down.check or 'the run'})"
+                f"WebSocket handshakes on this target have not completed since {clock(down.at)} "
+                f"(first seen in {down.check or 'the run'})"
             )
         word = "refused connections" if down.kind is EventKind.GONE else "not answered"
         return (
-            f"blocked: {what} not sent: the target has {word} since {clock(down.at)} (after "
-            f"{down.requests} requests over {down.connections} connections; first seen in "
-            f"{down.check or 'the run'})"
+            f"the target has {word} since {clock(down.at)} (after {down.requests} requests over "
+            f"{down.connections} connections; first seen in {down.check or 'the run'})"
         )
 
     # -- probes ---------------------------------------------------------------------------------
@@ -348,7 +458,7 @@ class TargetHealth:
         except TimeoutError:
             return f"no answer within {self.probe_timeout:g} s"
         except (OSError, http.client.HTTPException) as exc:
-            return f"{type(exc).__name__}: {str(exc)[:80]}"
+            return plain_reason(exc)
         finally:
             conn.close()
         return None
@@ -379,6 +489,138 @@ class TargetHealth:
                 "fresh_connections": self.fresh_connections,
                 "events": [e.to_json() for e in self.events],
             }
+
+
+_KIND_WORDS = {
+    "timeout": "no answer in time",
+    "dropped": "the connection was dropped",
+    "refused": "connection refused",
+}
+
+
+def plain_reason(exc: BaseException) -> str:
+    """Why a connection or request failed, in words: never an exception class name or a path."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, ConnectionResetError):
+        return "the connection was reset"
+    if isinstance(exc, (BrokenPipeError, http.client.RemoteDisconnected)):
+        return "the connection was closed without an answer"
+    if isinstance(exc, http.client.HTTPException):
+        return "the answer was not valid HTTP"
+    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    return text or "the connection failed"
+
+
+def _counted(texts: Sequence[str]) -> list[str]:
+    """``["GET /a 200", "GET /a 200", "POST /b 201"]`` -> ``["GET /a 200 (x2)", "POST /b 201"]``."""
+    out: list[tuple[str, int]] = []
+    for text in texts:
+        if out and out[-1][0] == text:
+            out[-1] = (text, out[-1][1] + 1)
+        else:
+            out.append((text, 1))
+    return [f"{text} (x{n})" if n > 1 else text for text, n in out]
+
+
+def _ago(seconds: float) -> str:
+    return f"{max(seconds, 0.0):.1f} s"
+
+
+def last_moments(
+    kind: EventKind,
+    last: Sequence[Answered],
+    failure: str,
+    at: float,
+    jobs: tuple[Answered | None, Answered | None, int] = (None, None, 0),
+) -> str:
+    """One sentence: the job the target created last, what it answered last, how long before the
+    first failure, and that failure.
+
+    ``the target went away about 1.1 s after POST /api/jobs created job_1a2b (the first job of
+    the run); its last answer: GET /api/jobs/job_1a2b 200, 0.3 s before; the first failure after
+    it: GET /api/health: connection refused``. With many jobs created it names the last one and
+    when the first was created (a build that dies some time after its first job shows there).
+    """
+    verb = "went away" if kind is EventKind.GONE else "stopped answering"
+    first_job, last_job, created = jobs
+    latest = last[-1] if last else None
+    if last_job is not None:
+        text = (
+            f"the target {verb} about {_ago(at - last_job.at)} after {last_job.what} created "
+            f"{last_job.job}"
+        )
+        if created <= 1:
+            text += " (the first job of the run)"
+        elif first_job is not None:
+            text += (
+                f" ({created} jobs created in this run; the first, {first_job.job}, "
+                f"{_ago(at - first_job.at)} before)"
+            )
+        if latest is not None and latest is not last_job:
+            text += (
+                f"; its last answer: {latest.what} {latest.status}, {_ago(at - latest.at)} before"
+            )
+    elif latest is not None:
+        text = (
+            f"the target {verb} about {_ago(at - latest.at)} after its last answer "
+            f"({latest.what} {latest.status})"
+        )
+    else:
+        return (
+            f"the target {verb} before answering any request of this run; first failure: {failure}"
+        )
+    earlier = _counted([a.text() for a in last[:-1] if a is not last_job][-4:])
+    if earlier:
+        text += f"; the requests answered just before: {', '.join(earlier)}"
+    return f"{text}; the first failure after it: {failure}"
+
+
+#: TEXT ``[2026-12-07 22:58:01.123] [FATAL] [Faults] message`` or a JSON line with ``level``
+_LOG_LEVEL = re.compile(r"^\[[^\]]*\]\s*\[(ERROR|FATAL)\]")
+
+
+def log_error_lines(root: Path, limit: int = LOG_LINES, tail_bytes: int = 256 * 1024) -> list[str]:
+    """The last `limit` ERROR/FATAL lines of the target's log under deployment `root`.
+
+    The log file is ``config/config.json``'s ``logging.log_file`` (relative to `root`), else
+    ``logs/etlplus.log``; TEXT and JSON lines are read, only the last `tail_bytes` of the file.
+    Lines are cut to 240 characters. An unreadable log gives no lines.
+    """
+    name = "logs/etlplus.log"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        config = json.loads((root / "config" / "config.json").read_text(encoding="utf-8"))
+        configured = config.get("logging", {}).get("log_file")
+        if isinstance(configured, str) and configured:
+            name = configured
+    path = root / name
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - tail_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    found: list[str] = []
+    for raw in data.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if _LOG_LEVEL.match(line):
+            found.append(line[:240])
+        elif line.startswith("{"):
+            with contextlib.suppress(ValueError, AttributeError):
+                record = json.loads(line)
+                level = str(record.get("level", "")).upper()
+                if level in ("ERROR", "FATAL"):
+                    stamp = record.get("timestamp", "")
+                    found.append(
+                        f"[{stamp}] [{level}] [{record.get('component', '')}] "
+                        f"{record.get('message', '')}"[:240]
+                    )
+    return found[-limit:]
 
 
 _REGISTRY: dict[str, TargetHealth] = {}

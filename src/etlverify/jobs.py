@@ -128,8 +128,11 @@ class JobHelper:
         return list(self._history.get(job_id, []))
 
     def cancel_unfinished(self) -> None:
-        """Teardown: cancel this test's jobs that may still run (best effort, errors ignored)."""
+        """Teardown: cancel this test's jobs that may still run (best effort, errors ignored;
+        nothing is sent to a target known to be down)."""
         for job_id in self.created:
+            if self.api.health.down is not None:
+                return
             last = self._history.get(job_id, [{}])[-1].get("status")
             if last in TERMINAL_STATUSES:
                 continue

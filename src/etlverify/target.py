@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from etlverify.embedded import SUITE_CONFIG_OVERRIDES, EmbeddedTarget, EmbeddedTargetError
-from etlverify.errors import TargetError
+from etlverify.errors import TargetError, in_words
 
 __all__ = [
     "SharedEmbedded",
@@ -112,7 +112,7 @@ def probe(base_url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     except httpx.TimeoutException:
         return f"no answer within {timeout:g} s"
     except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {str(exc)[:120]}"
+        return in_words(exc)
     return None
 
 

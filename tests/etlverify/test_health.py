@@ -5,19 +5,30 @@ after an error, one that rate-limits)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from etlverify.client import EtlClient
 from etlverify.errors import TargetError
-from etlverify.health import EventKind, TargetBlocked, TargetHealth
+from etlverify.health import (
+    EventKind,
+    TargetBlocked,
+    TargetHealth,
+    log_error_lines,
+    plain_reason,
+)
+from etlverify.report.causes import FailureFact, diagnose
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 
 class _Server:
@@ -237,3 +248,110 @@ def test_planned_downtime_blocks_nothing(server_factory: Callable) -> None:
     client.close()
     assert health.down is None
     assert health.events == []
+
+
+# -- the target's last moments (issue 17 item 4) ------------------------------------------------
+
+
+class _GoneHealth(TargetHealth):
+    """A health view whose probe finds the target gone (no network needed)."""
+
+    def probe(self) -> str | None:
+        return "connection refused"
+
+
+def _exits_after_first_job() -> httpx.MockTransport:
+    """Answers until a job is created and one more request, then refuses connections."""
+    state = {"job": False, "after": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if state["job"]:
+            state["after"] += 1
+            if state["after"] > 1:
+                raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if request.method == "POST" and request.url.path == "/api/jobs":
+            state["job"] = True
+            return httpx.Response(201, json={"job_id": "job_1a2b", "status": "pending"})
+        return httpx.Response(200, json={"status": "ok"})
+
+    return httpx.MockTransport(handler)
+
+
+def test_a_target_that_goes_away_names_its_last_moments_and_log(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "etlplus.log").write_text(
+        "[2026-12-07 22:58:01.100] [INFO] [Jobs] job job_1a2b created\n"
+        "[2026-12-07 22:58:01.101] [ERROR] [Db] slow commit\n"
+        "[2026-12-07 22:58:01.102] [FATAL] [Faults] Hostile exit armed: exiting with status 70 "
+        "in 1 s (first job job_1a2b)\n",
+        encoding="utf-8",
+    )
+    health = _GoneHealth("http://target.test")
+    health.log_reader = lambda: log_error_lines(tmp_path)
+    client = EtlClient(
+        "http://target.test", timeout=1.0, health=health, transport=_exits_after_first_job()
+    )
+    client.get("/api/health")
+    client.post("/api/jobs", json={"type": "EXTRACT"})
+    client.get("/api/jobs/job_1a2b")
+    with pytest.raises(TargetError) as failed:
+        client.get("/api/jobs/job_1a2b/status")
+    assert "ConnectError" not in str(failed.value)
+    down = health.down
+    assert down is not None
+    assert down.kind is EventKind.GONE
+    assert re.fullmatch(
+        r"the target went away about \d+\.\d s after POST /api/jobs created job_1a2b \(the first "
+        r"job of the run\); its last answer: GET /api/jobs/job_1a2b 200, \d+\.\d s before; the "
+        r"requests answered just before: GET /api/health 200; the first failure after it: GET "
+        r"/api/jobs/job_1a2b/status: connection refused",
+        down.moments,
+    ), down.moments
+    assert [a.what for a in down.last_requests] == [
+        "GET /api/health",
+        "POST /api/jobs",
+        "GET /api/jobs/job_1a2b",
+    ]
+    assert len(down.log) == 2
+    assert down.log[-1].endswith(
+        "[FATAL] [Faults] Hostile exit armed: exiting with status 70 in 1 s (first job job_1a2b)"
+    )
+    data = down.to_json()
+    assert data["last_requests"][1] == {
+        "at_epoch": data["last_requests"][1]["at_epoch"],
+        "request": "POST /api/jobs",
+        "status": 201,
+        "job_id": "job_1a2b",
+    }
+    # the finding that leads the report says it
+    fact = FailureFact("t.py::test_status", "test_status", "transport", "x", down.at, event=data)
+    sentence = diagnose([fact])[0].sentence
+    assert sentence.startswith("the target stopped accepting connections at ")
+    assert "Last moments: the target went away about" in sentence
+    assert "The last ERROR/FATAL lines of its log: [2026-12-07 22:58:01.101] [ERROR]" in sentence
+    client.close()
+
+
+def test_log_error_lines_reads_json_logs_and_the_configured_file(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.json").write_text(
+        json.dumps({"logging": {"log_file": "var/server.log"}}), encoding="utf-8"
+    )
+    (tmp_path / "var").mkdir()
+    lines = [
+        {"timestamp": "t1", "level": "INFO", "component": "A", "message": "fine"},
+        {"timestamp": "t2", "level": "FATAL", "component": "B", "message": "gone"},
+    ]
+    (tmp_path / "var" / "server.log").write_text(
+        "\n".join(json.dumps(x) for x in lines) + "\nnot json\n", encoding="utf-8"
+    )
+    assert log_error_lines(tmp_path) == ["[t2] [FATAL] [B] gone"]
+    assert log_error_lines(tmp_path / "missing") == []
+
+
+def test_plain_reasons_never_name_an_exception_class() -> None:
+    assert plain_reason(ConnectionRefusedError(111, "Connection refused")) == "connection refused"
+    assert plain_reason(ConnectionResetError(104, "reset")) == "the connection was reset"
+    assert plain_reason(OSError(113, "No route to host")) == "No route to host"
+    assert plain_reason(OSError()) == "the connection failed"

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from etlverify.health import TargetHealth
 from etlverify.measure import (
     ClosedLoad,
     OpenLoad,
@@ -254,3 +255,59 @@ def test_bad_load_shapes_are_rejected() -> None:
         OpenLoad(rate_rps=0, duration_s=1)
     with pytest.raises(ValueError, match="users"):
         ClosedLoad(users=0, duration_s=1)
+
+
+class _DeadHealth(TargetHealth):
+    """A health view whose fresh-connection probe finds the target gone (no network)."""
+
+    def probe(self) -> str | None:
+        return "connection refused"
+
+
+def _refusing_after(n: int) -> httpx.MockTransport:
+    """Answers `n` requests (POST /api/jobs creates a job), then refuses connections."""
+    seen = {"count": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["count"] += 1
+        if seen["count"] > n:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if request.method == "POST":
+            return httpx.Response(201, json={"job_id": f"job_{seen['count']}"})
+        return httpx.Response(200, json={"ok": True})
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("model", ["open", "closed"])
+def test_a_load_stops_at_once_when_the_target_goes_away(model: str) -> None:
+    """Issue 17 item 2: the first refused request is handed to the health view, which finds the
+    target gone; the load stops there instead of running out its duration."""
+    health = _DeadHealth(BASE)
+    spec = [RequestSpec("POST", "/api/jobs", expected_status=(201,))]
+
+    async def main() -> RunResult:
+        async with httpx.AsyncClient(base_url=BASE, transport=_refusing_after(5)) as client:
+            if model == "open":
+                load = OpenLoad(rate_rps=50, duration_s=10.0, windows=2)
+                return await run_open(client, spec, load, health=health)
+            closed = ClosedLoad(users=2, duration_s=10.0, windows=2, think_time_s=0.02)
+            return await run_closed(client, spec, closed, health=health)
+
+    t0 = time.monotonic()
+    run = asyncio.run(main())
+    assert time.monotonic() - t0 < 3.0
+    assert health.down is not None
+    assert run.stopped.startswith(f"the {model}-model load stopped: the target has refused")
+    assert run.duration_s < 3.0
+    assert RunResult.from_json(run.to_json()).stopped == run.stopped
+    # the target's last moments: the job it created last, then the first refusal
+    assert "created job_5" in health.down.moments
+    assert health.requests >= 6
+
+
+def test_a_load_without_health_runs_out_its_duration_as_before() -> None:
+    load = OpenLoad(rate_rps=40, duration_s=0.5, windows=1)
+    run = run_load(BASE, [RequestSpec("GET", "/x")], load, transport=httpx.MockTransport(_ok))
+    assert run.stopped == ""
+    assert "stopped" not in run.to_json()

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from etlverify.health import TargetHealth
 from etlverify.measure import WsPushResult, measure_ws_push
 
 if TYPE_CHECKING:
@@ -205,3 +206,78 @@ def test_unreachable_server_is_reported_not_raised() -> None:
     assert result.connections == 0
     assert any("could not open" in p for p in result.problems)
     assert any("POST /api/jobs" in p for p in result.problems)
+
+
+def _silent_listener() -> tuple[socket.socket, threading.Event]:
+    """A loopback port that accepts connections and never answers (a connection cap reached)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            held.append(conn)
+        for conn in held:
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return sock, stop
+
+
+def test_a_target_that_stopped_answering_stops_the_measurement_at_once() -> None:
+    """Issue 17 item 2: behind a connection cap every handshake hangs. With the run's health view
+    the first hang is probed once, the target is known down, and nothing else is waited for
+    (without it: a timeout per connection and per job)."""
+    sock, stop = _silent_listener()
+    port = sock.getsockname()[1]
+    health = TargetHealth(f"http://127.0.0.1:{port}", probe_timeout=0.3)
+    try:
+        t0 = time.monotonic()
+        result = asyncio.run(
+            measure_ws_push(
+                f"ws://127.0.0.1:{port}/ws",
+                f"http://127.0.0.1:{port}",
+                connections=10,
+                jobs=10,
+                run_before_cancel_s=0.0,
+                timeout_s=0.5,
+                health=health,
+            )
+        )
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        sock.close()
+    assert elapsed < 3.0, elapsed  # one handshake timeout and one probe, not 10 + 10 timeouts
+    assert health.down is not None
+    assert result.stopped.startswith("the WebSocket push measurement stopped: the target has not")
+    assert result.stopped in result.problems
+    assert result.problems[0] == "connection 0: could not open (no answer within 0.5 s)"
+    assert not any("Error" in p for p in result.problems), result.problems
+
+
+def test_a_target_known_down_is_not_measured() -> None:
+    port = _free_port()
+    health = TargetHealth(f"http://127.0.0.1:{port}", probe_timeout=0.3, probe_interval=60)
+    assert health.on_no_answer("GET /api/health", "refused", started=time.time()) is not None
+    t0 = time.monotonic()
+    result = asyncio.run(
+        measure_ws_push(
+            f"ws://127.0.0.1:{port}/ws",
+            f"http://127.0.0.1:{port}",
+            connections=3,
+            jobs=3,
+            timeout_s=2.0,
+            health=health,
+        )
+    )
+    assert time.monotonic() - t0 < 0.5
+    assert result.connections == 0
+    assert "has refused connections since" in result.stopped

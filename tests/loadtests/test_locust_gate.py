@@ -642,6 +642,41 @@ def test_a_killed_worker_makes_the_run_incomplete_naming_it(
     assert "Traceback" not in run.stdout
 
 
+def test_processes_run_with_csv_ends_without_a_traceback(tmp_path: Path) -> None:
+    """Issue 17 item 1: `--processes 2` with locust.conf's `csv`: the verdict and exit code, the CSV
+    files written, and no traceback after the verdict (Locust 2.47 closed the CSV files while its
+    writer greenlet still ran: `locust_support.stop_csv_writers`)."""
+    baseline = tmp_path / "processes.json"
+    run = run_locust(
+        tmp_path,
+        [
+            "-t",
+            "20s",
+            "--etl-warmup",
+            "2",
+            "--etl-windows",
+            "6",
+            "--processes",
+            "2",
+            "--etl-record",
+            "--etl-baseline",
+            str(baseline),
+        ],
+        timeout=120,
+    )
+    output = run.stdout + run.stderr
+    assert run.code == 0, output
+    assert "etlverify: recorded this run into" in run.stdout, output
+    assert our_lines(run.stdout)[-1] == "etlverify: exit code 0", output
+    for word in ("Traceback", "Unhandled exception", "I/O operation on closed file"):
+        assert word not in output, output
+    summary = run.summary
+    assert len(summary["workers"]) == 2, summary["workers"]
+    assert all(w["final_report"] for w in summary["workers"]), summary["workers"]
+    stats = (tmp_path / "reports" / "locust_stats.csv").read_text(encoding="utf-8")
+    assert "Aggregated" in stats, stats
+
+
 # --- which baseline: this machine's by default, and one that is not comparable -----------------
 
 

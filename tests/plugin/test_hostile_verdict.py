@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -175,3 +176,11 @@ def test_hostile_target_gets_a_fast_verdict_naming_the_cause(
         cause = summary["primary_findings"][0]
         assert cause["consequences"] >= 1, cause
         assert all(c.nodeid in cause["checks"] for c in blocked), cause
+    if keywords[0] == "stopped accepting connections":
+        # issue 17 item 4: its last moments, and the FATAL line of its log (--deploy-root)
+        assert re.search(
+            r"Last moments: the target went away about \d+\.\d s after POST /api/jobs created "
+            r"\S+.*; the first failure after it: .+(connection refused|was refused)",
+            first,
+        ), first
+        assert "[FATAL] [Faults] Hostile exit armed: exiting with status 70" in first, first

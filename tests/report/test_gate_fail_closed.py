@@ -491,7 +491,9 @@ def test_ci_workflow_decides_only_on_the_gate() -> None:
     steps = {step.get("id"): step for step in job["steps"] if step.get("id")}
     assert steps["suite"]["continue-on-error"] is True
     assert "pytest -m post_deploy" in steps["suite"]["run"]
+    assert "--allow-destructive --baseline" in steps["suite"]["run"]  # staging: the whole scope
     assert steps["load"]["continue-on-error"] is True
+    assert "--headless" in steps["load"]["run"]  # never the web UI in CI
     gate_step = steps["gate"]
     assert "continue-on-error" not in gate_step
     assert "etlverify gate reports/ --require pytest --require locust" in gate_step["run"]

@@ -8,11 +8,25 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from etlverify.health import health_for
+
 from .support import AlertsLog, WebhookReceiver
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+
+@pytest.fixture(autouse=True)
+def _ops_need_an_answering_target(request: pytest.FixtureRequest) -> None:
+    """A check that runs the target's monitor script against it is not started while the target
+    is known to be down or its WebSocket handshakes hang (the script would wait out its own
+    timeouts): blocked at once instead, tied to the health event. A restart a check makes on
+    purpose is `planned` and blocks nothing."""
+    if "etl_ops" in request.fixturenames:
+        target = request.getfixturevalue("etl_target")
+        # the script checks /ws too: a handshake known to hang would cost it its timeout per pass
+        health_for(target.base_url).before_request("monitor.sh check", websocket=True)
 
 
 @pytest.fixture

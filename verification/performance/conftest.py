@@ -8,15 +8,14 @@ line on the terminal while it runs.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from etlverify.errors import TargetError
+from etlverify.health import TargetBlocked, health_for
 
 from .scenarios import MEASURE, Context, budget_s
 
@@ -46,10 +45,17 @@ def _measure_bounded(
 ) -> GroupResult:
     """Run one group's measurement on its own event loop in a thread, joined with a hard budget.
 
+    The target's health is consulted first: a target known to be down is not measured at all
+    (`TargetBlocked`, at once), and a measurement during which it went down (the loads and the
+    WebSocket probes stop at once then) fails tied to that event, not as a measurement of it.
     The loads bound themselves, but a cancellation that never completes (a transport stuck in its
     cleanup) would hang `asyncio.run` for ever; the thread join is the backstop that cannot hang.
-    A thread still running after its budget is left behind (daemon) and reported with its stack.
+    A thread still running after its budget is left behind (daemon) and reported in one line.
     """
+    health = ctx.health
+    websocket = group == "ws"
+    if health is not None:
+        health.before_request(f"the {group!r} measurement", websocket=websocket)
     outcome: dict[str, Any] = {}
 
     def main() -> None:
@@ -66,12 +72,22 @@ def _measure_bounded(
         if tick is not None:
             tick(time.monotonic() - t0)
         worker.join(min(1.0, max(0.0, budget - (time.monotonic() - t0))))
+    elapsed = time.monotonic() - t0
+    down = None
+    if health is not None:
+        down = health.down or (health.ws_down if websocket else None)
+    if down is not None and health is not None:
+        raise TargetBlocked(
+            f"performance: the {group!r} measurement stopped after {elapsed:.1f} s: "
+            f"{health.down_text(down)}; nothing more was sent",
+            down,
+        )
     if worker.is_alive():
-        frame = sys._current_frames().get(worker.ident or -1)
-        where = "".join(traceback.format_stack(frame, limit=4)) if frame else "?"
+        state = f"; the target is {health.state()}" if health is not None else ""
         raise TargetError(
-            f"performance: the {group!r} measurement did not finish within {budget:.0f} s "
-            f"(target or transport hung); it was waiting in:\n{where}"
+            f"performance: the {group!r} measurement did not finish within {budget:.0f} s: "
+            f"the target or the transport hung{state}",
+            kind="timeout",
         )
     if "error" in outcome:
         raise outcome["error"]
@@ -98,6 +114,7 @@ def perf_run(
         long_profile=profiles["long"],
         plan=etl_perf.plan,
         request_timeout=etl_settings.request_timeout,
+        health=health_for(etl_target.base_url),
     )
     etl_perf.measurer = lambda group, _phase, tick: _measure_bounded(group, ctx, tick)
     return etl_perf

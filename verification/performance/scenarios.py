@@ -3,6 +3,10 @@
 Each returns a `GroupResult` for the session's `PerfCollector`. Failures of the target are
 measured (errors, problems), never raised, except when a precondition cannot be set up (the job
 that `GET /api/jobs/{id}` reads), which is a `TargetError` with the reason.
+
+Every measurement consults the run's `TargetHealth` (`Context.health`): the loads and the
+WebSocket probes stop at once when the target is known to be down, and the follow-up requests
+(rate-limit headers, the pool's settling) are not sent to a target known to be down.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from etlverify.pytest_plugin.performance import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping, Sequence
 
+    from etlverify.health import TargetHealth
+
 #: What a job created under load writes to; the reference ignores it, a real server may not.
 TARGET_CONFIG = "sink=memory"
 DB_FIELDS = ("connections_active", "connections_idle", "connection_timeouts", "connection_failures")
@@ -58,6 +64,13 @@ class Context:
     long_profile: str
     plan: PerfPlan
     request_timeout: float = 10.0
+    #: the run's view of the target's health (every measurement consults it)
+    health: TargetHealth | None = None
+
+    @property
+    def down(self) -> bool:
+        """The target is known to be down: send nothing more."""
+        return self.health is not None and self.health.down is not None
 
     def client(self, connections: int) -> httpx.AsyncClient:
         """An AsyncClient sized for `connections` concurrent requests, never using a proxy."""
@@ -78,18 +91,38 @@ class Context:
 
 async def _probe_job(ctx: Context, client: httpx.AsyncClient) -> str:
     """Create one quick job for `GET /api/jobs/{id}` and wait (bounded) until it is done."""
+    health = ctx.health
+    if health is not None:
+        health.before_request("POST /api/jobs (the performance probe job)")  # blocked if down
+    started = time.time()
     try:
         resp = await client.post("/api/jobs", json=ctx.job_body(ctx.quick_profile))
         job_id = str(resp.json().get("job_id", "")) if resp.status_code in (200, 201) else ""
-    except (httpx.HTTPError, ValueError) as exc:
-        raise TargetError(f"performance: could not create the probe job: {exc}") from None
+    except httpx.TransportError as exc:
+        await _no_answer(health, "POST /api/jobs", exc, started)
+        kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "dropped"
+        if "refused" in str(exc).lower():
+            kind = "refused"
+        words = {"timeout": "no answer in time", "refused": "connection refused"}
+        raise TargetError(
+            "performance: could not create the probe job: POST /api/jobs: "
+            + words.get(kind, "the connection was dropped"),
+            kind=kind,
+        ) from None
+    except (httpx.HTTPError, ValueError):
+        raise TargetError(
+            "performance: could not create the probe job: POST /api/jobs did not answer with "
+            "a JSON body"
+        ) from None
+    if health is not None and job_id:
+        health.note_answered("POST /api/jobs", resp.status_code, job_id)
     if not job_id:
         raise TargetError(
             f"performance: POST /api/jobs answered {resp.status_code} {resp.text[:200]!r}; "
             "the job read under load could not be created"
         )
     deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not ctx.down:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             got = await client.get(f"/api/jobs/{job_id}")
             if got.json().get("status") in ("completed", "failed", "cancelled"):
@@ -104,7 +137,10 @@ _PER_WINDOW = re.compile(r"per\s+(\d+(?:\.\d+)?)\s*s")
 
 
 async def rate_limit_facts(
-    client: httpx.AsyncClient, metrics: Mapping[str, MetricResult], specs: Sequence[RequestSpec]
+    client: httpx.AsyncClient,
+    metrics: Mapping[str, MetricResult],
+    specs: Sequence[RequestSpec],
+    health: TargetHealth | None = None,
 ) -> dict[str, Any] | None:
     """When the target answered 429: the lowest limit it advertises over the paths of the most
     limited metric (`X-RateLimit-Limit`; window from a 429 body, else the contract's minute), and
@@ -115,6 +151,8 @@ async def rate_limit_facts(
     worst = max(counts, key=lambda name: counts[name], default=None)
     if worst is None or not counts[worst]:
         return None
+    if health is not None and health.down is not None:
+        return None  # nothing is sent to a target known to be down
     paths = list(dict.fromkeys(r.path for r in specs if r.metric == worst)) or ["/api/health"]
     facts: dict[str, Any] = {"route": None, "limit": None, "window_s": None}
     for path in paths:
@@ -138,7 +176,10 @@ async def rate_limit_facts(
 
 
 async def _sample_until(
-    client: httpx.AsyncClient, interval_s: float, stop: asyncio.Event
+    client: httpx.AsyncClient,
+    interval_s: float,
+    stop: asyncio.Event,
+    health: TargetHealth | None = None,
 ) -> ServerTrace:
     """Poll /api/health/metrics every `interval_s` until `stop` is set.
 
@@ -151,6 +192,10 @@ async def _sample_until(
     next_at = t0
     while not stop.is_set():
         t = time.monotonic() - t0
+        if health is not None and health.down is not None:
+            samples.append(ServerSample(t, ok=False, error="not polled: the target is down"))
+            await stop.wait()
+            break
         try:
             resp = await client.get(METRICS_PATH, timeout=min(5.0, interval_s * 4))
             if resp.status_code == 200:
@@ -158,7 +203,8 @@ async def _sample_until(
             else:
                 samples.append(ServerSample(t, ok=False, error=f"HTTP {resp.status_code}"))
         except (httpx.HTTPError, ValueError) as exc:
-            samples.append(ServerSample(t, ok=False, error=f"{type(exc).__name__}: {exc}"[:200]))
+            reason = "no answer in time" if isinstance(exc, httpx.TimeoutException) else ""
+            samples.append(ServerSample(t, ok=False, error=(reason or str(exc) or "failed")[:200]))
         next_at += interval_s
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
@@ -184,13 +230,15 @@ async def measure_routes(ctx: Context) -> GroupResult:
             ),
         ]
         stop = asyncio.Event()
-        sampler = asyncio.create_task(_sample_until(client, ctx.plan.sample_interval_s, stop))
+        sampler = asyncio.create_task(
+            _sample_until(client, ctx.plan.sample_interval_s, stop, ctx.health)
+        )
         try:
-            run = await run_open(client, specs, load)
+            run = await run_open(client, specs, load, health=ctx.health)
         finally:
             stop.set()
             trace = await sampler
-        limited = await rate_limit_facts(client, run.metrics, specs)
+        limited = await rate_limit_facts(client, run.metrics, specs, ctx.health)
     attempts = sum(m.count + m.errors for m in run.metrics.values())
     successes = sum(m.count for m in run.metrics.values())
     return GroupResult(
@@ -208,6 +256,7 @@ async def measure_routes(ctx: Context) -> GroupResult:
             "longest_outage_s": run.longest_outage_s,
             "probe_job": job_id,
             "rate_limit": limited,
+            "stopped": run.stopped,
         },
     )
 
@@ -226,8 +275,8 @@ async def measure_users(ctx: Context) -> GroupResult:
                 "/api/monitor/metrics",
             )
         ]
-        run = await run_closed(client, specs, load)
-        limited = await rate_limit_facts(client, run.metrics, specs)
+        run = await run_closed(client, specs, load, health=ctx.health)
+        limited = await rate_limit_facts(client, run.metrics, specs, ctx.health)
     metric = run.metrics[USERS_METRIC]
     return GroupResult(
         name="users",
@@ -240,18 +289,40 @@ async def measure_users(ctx: Context) -> GroupResult:
             "error_kinds": dict(metric.merged.error_kinds),
             "throughput_rps": round(metric.count / load.duration_s, 3),
             "rate_limit": limited,
+            "stopped": run.stopped,
         },
     )
 
 
-async def _db_block(client: httpx.AsyncClient) -> dict[str, Any] | None:
-    """The `metrics.database` block of `/api/health/metrics`, or None when unavailable."""
+async def _db_block(
+    client: httpx.AsyncClient, health: TargetHealth | None = None
+) -> dict[str, Any] | None:
+    """The `metrics.database` block of `/api/health/metrics`, or None when unavailable (or the
+    target is known to be down: nothing is sent then)."""
+    if health is not None and health.down is not None:
+        return None
+    started = time.time()
     try:
         resp = await client.get("/api/health/metrics", timeout=5.0)
         block = resp.json().get("metrics", {}).get("database")
+    except httpx.TransportError as exc:
+        await _no_answer(health, "GET /api/health/metrics", exc, started)
+        return None
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
     return dict(block) if isinstance(block, dict) else None
+
+
+async def _no_answer(
+    health: TargetHealth | None, what: str, exc: httpx.TransportError, started: float
+) -> None:
+    """Hand a request without an answer to the health view (it probes once, in a thread)."""
+    if health is None or health.down is not None:
+        return
+    kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "dropped"
+    if "refused" in str(exc).lower():
+        kind = "refused"
+    await asyncio.to_thread(health.on_no_answer, what, kind, started=started)
 
 
 async def measure_pool(ctx: Context) -> GroupResult:
@@ -260,13 +331,13 @@ async def measure_pool(ctx: Context) -> GroupResult:
     snapshots: list[tuple[float, dict[str, Any] | None]] = []
     async with ctx.client(load.users + 1) as client:
         t0 = time.monotonic()
-        before = await _db_block(client)
+        before = await _db_block(client, ctx.health)
         snapshots.append((0.0, before))
         stop = asyncio.Event()
 
         async def poll() -> None:
             while not stop.is_set():
-                snapshots.append((time.monotonic() - t0, await _db_block(client)))
+                snapshots.append((time.monotonic() - t0, await _db_block(client, ctx.health)))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.25)
 
@@ -279,17 +350,20 @@ async def measure_pool(ctx: Context) -> GroupResult:
             expected_status=(200, 201),
         )
         try:
-            run = await run_closed(client, [spec], load)
+            run = await run_closed(client, [spec], load, health=ctx.health)
         finally:
             stop.set()
-            await poller
-        limited = await rate_limit_facts(client, run.metrics, [spec])
+            if ctx.down:
+                poller.cancel()  # its request in flight would only wait out its timeout
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        limited = await rate_limit_facts(client, run.metrics, [spec], ctx.health)
         # A pool that hands connections back returns to its resting level shortly after the load.
         rest_active = (before or {}).get("connections_active")
         settled: dict[str, Any] | None = None
         deadline = time.monotonic() + POOL_SETTLE_S
-        while time.monotonic() < deadline:
-            settled = await _db_block(client)
+        while time.monotonic() < deadline and not ctx.down:
+            settled = await _db_block(client, ctx.health)
             snapshots.append((time.monotonic() - t0, settled))
             active = (settled or {}).get("connections_active")
             if (
@@ -313,6 +387,7 @@ async def measure_pool(ctx: Context) -> GroupResult:
             "errors": metric.errors,
             "error_kinds": dict(metric.merged.error_kinds),
             "rate_limit": limited,
+            "stopped": run.stopped,
         },
     )
 
@@ -332,9 +407,12 @@ async def measure_ws(ctx: Context) -> GroupResult:
         "messages": 0,
         "problems": [],
         "messages_per_s": [],
+        "stopped": "",
     }
     start = time.perf_counter()
     for k in range(plan.probes):
+        if ctx.health is not None and (ctx.health.down or ctx.health.ws_down):
+            break  # the probe that met it said so (`stopped`)
         offset = time.perf_counter() - start
         result = await measure_ws_push(
             ctx.ws_url,
@@ -349,7 +427,9 @@ async def measure_ws(ctx: Context) -> GroupResult:
             # Each probe is its own client identity (rate limits count per client).
             headers={**ctx.headers, "X-Forwarded-For": identity_address(10_000 + k)},
             job_prefix=f"etlv_perfws{k}",
+            health=ctx.health,
         )
+        facts["stopped"] = facts["stopped"] or result.stopped
         for key in ("jobs", "expected", "received", "lost", "duplicates", "out_of_order"):
             facts[key] += getattr(result, key)
         facts["messages"] += result.messages

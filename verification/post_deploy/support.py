@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from etlverify.health import health_for
+from etlverify.health import TargetBlocked, health_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -350,15 +350,24 @@ class UptimeSampler:
             self._thread.join(timeout=self.timeout_s + 1)
 
     def probe(self) -> Sample:
-        """One probe, recorded."""
+        """One probe, recorded. While the run's health view knows the target is down the probe is
+        a failed sample at once (the view itself probes again every few seconds): the sampler
+        never waits out its timeout against a target known to be down."""
         planned = bool(self._planned)
+        health = health_for(self.base_url)
         try:
+            health.before_request("GET /api/health (uptime probe)")
             with httpx.Client(timeout=self.timeout_s) as client:
                 r = client.get(f"{self.base_url}/api/health")
             ok = r.status_code == 200
             detail = f"HTTP {r.status_code}"
+        except TargetBlocked as exc:
+            ok, detail = False, health.down_text(exc.event)
+        except httpx.TimeoutException:
+            ok, detail = False, f"no answer within {self.timeout_s:g} s"
         except httpx.HTTPError as exc:
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
+            reason = "connection refused" if "refused" in str(exc).lower() else str(exc)
+            ok, detail = False, reason or "the request failed"
         sample = Sample(time.monotonic(), ok, detail, planned or bool(self._planned))
         with self._lock:
             self.samples.append(sample)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from etlverify.health import TargetBlocked
 from etlverify.measure.load import identity_address
 
 from .support import TERMINAL
@@ -59,12 +60,16 @@ def test_job_mix_under_concurrent_load(etl_api: Any, etl_expect: Any, etl_jobs: 
                     f"{etl_api.curl(resp)}"
                 )
 
+    blocked: list[TargetBlocked] = []
+
     def worker(n: int) -> None:
         rng = random.Random(n)
         mine: list[str] = []
         # each virtual user its own client identity, as the contract asks of load (section 6)
         who = {"X-Forwarded-For": identity_address(20_000 + n)}
         for i in range(REQUESTS):
+            if blocked:
+                return  # the target is known to be down: nothing more is sent
             if time.monotonic() > deadline:
                 with lock:
                     failures.append(
@@ -94,14 +99,21 @@ def test_job_mix_under_concurrent_load(etl_api: Any, etl_expect: Any, etl_jobs: 
                     record(etl_api.get("/api/monitor/metrics", headers=who))
                 else:
                     record(etl_api.get(f"/api/jobs/{rng.choice(mine)}/metrics", headers=who))
-            except Exception as exc:
+            except TargetBlocked as exc:
                 with lock:
-                    failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                    blocked.append(exc)
+                return
+            except Exception as exc:
+                text = str(exc).strip()
+                with lock:
+                    failures.append(text.splitlines()[0][:300] if text else "a request failed")
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
         list(pool.map(worker, range(THREADS)))
     elapsed = time.monotonic() - started
+    if blocked:
+        raise blocked[0]  # a consequence of the health event, counted under it
     print(
         f"load smoke: {sum(statuses.values())} requests in {elapsed:.1f} s, "
         f"statuses {dict(statuses)}"

@@ -14,6 +14,11 @@ because throughput at fixed concurrency is what a closed model measures well.
 Both are bounded: a hard deadline of `duration_s + timeout_s + 1 s`, every request with a timeout,
 and errors (timeouts, connection errors, 5xx, unexpected statuses) counted per route, never raised.
 Results are split into `windows` trial windows of equal duration by intended send time.
+
+With the run's `TargetHealth` (`health=`), both report every request, connection and answer to it
+(`etlverify.measure.guard`) and stop at once when the target is known to be down (it stopped
+answering, or refuses connections): requests in flight are cancelled, nothing more is sent, and
+the result's `stopped` says why. No budget is waited out against a target known to be down.
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from etlverify.measure.guard import HealthGuard
 from etlverify.measure.histogram import LatencyRecorder
 from etlverify.measure.results import LoadParameters, RunResult, longest_outage
 from etlverify.measure.sampler import ServerSampler
+
+if TYPE_CHECKING:
+    from etlverify.health import TargetHealth
 
 __all__ = [
     "ClosedLoad",
@@ -45,6 +54,8 @@ __all__ = [
 
 #: Extra time after the last deadline that a run may take to cancel and collect its tasks.
 GRACE_S = 1.0
+#: How often a run waiting for its requests looks at the target's health.
+HEALTH_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -161,37 +172,80 @@ def _routes(requests: RequestSource) -> tuple[str, ...]:
     return () if callable(requests) else tuple(sorted({r.metric for r in requests}))
 
 
-async def _finish_by(tasks: set[asyncio.Task[None]], hard_deadline: float) -> None:
-    """Wait for `tasks` until `hard_deadline` (perf_counter), then cancel what is left."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=max(0.0, hard_deadline - time.perf_counter()))
+async def _finish_by(
+    tasks: set[asyncio.Task[None]], hard_deadline: float, guard: HealthGuard | None = None
+) -> None:
+    """Wait for `tasks` until `hard_deadline` (perf_counter), or until `guard` says the target is
+    down, then cancel what is left."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        left = hard_deadline - time.perf_counter()
+        if left <= 0 or (guard is not None and guard.should_stop()):
+            break
+        step = min(left, HEALTH_POLL_S) if guard is not None and guard.health else left
+        _, pending = await asyncio.wait(pending, timeout=step)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _created_job(spec: RequestSpec, resp: httpx.Response) -> str:
+    if spec.method.upper() != "POST" or resp.status_code not in (200, 201):
+        return ""
+    if not spec.path.split("?")[0].endswith("/api/jobs"):
+        return ""
+    try:
+        body = resp.json()
+    except ValueError:
+        return ""
+    job = body.get("job_id") if isinstance(body, dict) else None
+    return str(job)[:80] if isinstance(job, str | int) else ""
+
+
 async def send_one(
-    client: httpx.AsyncClient, spec: RequestSpec, identity: str | None, timeout_s: float
+    client: httpx.AsyncClient,
+    spec: RequestSpec,
+    identity: str | None,
+    timeout_s: float,
+    guard: HealthGuard | None = None,
 ) -> str | None:
-    """Send one request; None on success, else the error kind (never raises, except cancel)."""
+    """Send one request; None on success, else the error kind (never raises, except cancel).
+
+    With a `guard`, the request, its new connections and its answer are reported to the target's
+    health view, and a request that gets no answer is handed to it (see `etlverify.measure.guard`).
+    """
     headers = dict(spec.headers)
     if identity:
         headers["X-Forwarded-For"] = identity
+    what = f"{spec.method.upper()} {spec.path.split('?')[0]}"
+    started = time.time()
+    if guard is not None:
+        guard.sent()
     try:
         # wait_for is the backstop for a transport that ignores httpx's own timeout.
         resp = await asyncio.wait_for(
             client.request(
-                spec.method, spec.path, json=spec.json, headers=headers, timeout=timeout_s
+                spec.method,
+                spec.path,
+                json=spec.json,
+                headers=headers,
+                timeout=timeout_s,
+                extensions=dict(guard.trace()) if guard is not None else None,
             ),
             timeout_s + 0.5,
         )
-    except (httpx.TimeoutException, TimeoutError):
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        if guard is not None:
+            await guard.no_answer(what, exc, started)
         return "timeout"
-    except httpx.TransportError:
+    except httpx.TransportError as exc:
+        if guard is not None:
+            await guard.no_answer(what, exc, started)
         return "connection"
-    except httpx.HTTPError as exc:
-        return type(exc).__name__
+    except httpx.HTTPError:
+        return "bad_response"  # an answer httpx could not read (decoding, redirects)
+    if guard is not None:
+        guard.answered(what, resp.status_code, _created_job(spec, resp))
     if spec.expected_status:
         return None if resp.status_code in spec.expected_status else f"http_{resp.status_code}"
     return f"http_{resp.status_code}" if resp.status_code >= 500 else None
@@ -213,8 +267,16 @@ def _schedule(load: OpenLoad) -> list[float]:
     return offsets
 
 
-async def run_open(client: httpx.AsyncClient, requests: RequestSource, load: OpenLoad) -> RunResult:
-    """Run an open-model load against `client`'s base URL and return the windowed result."""
+async def run_open(
+    client: httpx.AsyncClient,
+    requests: RequestSource,
+    load: OpenLoad,
+    *,
+    health: TargetHealth | None = None,
+) -> RunResult:
+    """Run an open-model load against `client`'s base URL and return the windowed result
+    (stopped at once when `health` knows the target is down)."""
+    guard = HealthGuard(health, "the open-model load")
     rec = LatencyRecorder(windows=load.windows, window_s=load.duration_s / load.windows)
     for route in _routes(requests):
         rec.touch(route)
@@ -250,7 +312,7 @@ async def run_open(client: httpx.AsyncClient, requests: RequestSource, load: Ope
             late = sent - intended > load.late_after_s
             counters["late"] += late
             budget = min(load.timeout_s, max(0.001, hard_deadline - sent))
-            kind = await send_one(client, spec, identity, budget)
+            kind = await send_one(client, spec, identity, budget, guard)
             done = time.perf_counter()
             events.append((offset, done - start, kind is None))
             if kind is None:
@@ -275,14 +337,20 @@ async def run_open(client: httpx.AsyncClient, requests: RequestSource, load: Ope
     tasks: set[asyncio.Task[None]] = set()
     try:
         for i, offset in enumerate(_schedule(load)):
+            if guard.should_stop():
+                break
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.add(asyncio.create_task(one(i, offset)))
-        await _finish_by(tasks, hard_deadline)
+            if len(tasks) > 4 * load.max_concurrency:
+                tasks = {t for t in tasks if not t.done()}
+        await _finish_by(tasks, hard_deadline, guard)
     finally:
         trace = await sampler.stop() if sampler else None
-    end = max(time.perf_counter() - start, load.duration_s)
+    end = time.perf_counter() - start
+    if not guard.stopped:
+        end = max(end, load.duration_s)
     return RunResult(
         metrics=rec.results(),
         load=load.parameters(_routes(requests)),
@@ -292,13 +360,20 @@ async def run_open(client: httpx.AsyncClient, requests: RequestSource, load: Ope
         unsent=counters["unsent"],
         longest_outage_s=longest_outage(events, end),
         server=trace,
+        stopped=guard.stopped,
     )
 
 
 async def run_closed(
-    client: httpx.AsyncClient, requests: RequestSource, load: ClosedLoad
+    client: httpx.AsyncClient,
+    requests: RequestSource,
+    load: ClosedLoad,
+    *,
+    health: TargetHealth | None = None,
 ) -> RunResult:
-    """Run a closed-model load (users looping with think time) and return the windowed result."""
+    """Run a closed-model load (users looping with think time) and return the windowed result
+    (stopped at once when `health` knows the target is down)."""
+    guard = HealthGuard(health, "the closed-model load")
     rec = LatencyRecorder(windows=load.windows, window_s=load.duration_s / load.windows)
     for route in _routes(requests):
         rec.touch(route)
@@ -322,13 +397,15 @@ async def run_closed(
             now = time.perf_counter()
             if now >= end_at or (load.max_requests is not None and issued >= load.max_requests):
                 return
+            if guard.should_stop():
+                return
             i = issued
             issued += 1
             spec = _pick(requests, i)
             offset = now - start
             window = rec.window_of(offset)
             try:
-                kind = await send_one(client, spec, identity, load.timeout_s)
+                kind = await send_one(client, spec, identity, load.timeout_s, guard)
             except asyncio.CancelledError:
                 rec.record_error(spec.metric, "deadline", window=window)
                 raise
@@ -347,10 +424,13 @@ async def run_closed(
     if sampler:
         sampler.start()
     try:
-        await _finish_by({asyncio.create_task(user(u)) for u in range(load.users)}, hard_deadline)
+        users = {asyncio.create_task(user(u)) for u in range(load.users)}
+        await _finish_by(users, hard_deadline, guard)
     finally:
         trace = await sampler.stop() if sampler else None
-    end = max(time.perf_counter() - start, load.duration_s)
+    end = time.perf_counter() - start
+    if not guard.stopped:
+        end = max(end, load.duration_s)
     return RunResult(
         metrics=rec.results(),
         load=load.parameters(_routes(requests)),
@@ -358,6 +438,7 @@ async def run_closed(
         duration_s=round(end, 6),
         longest_outage_s=longest_outage(events, end),
         server=trace,
+        stopped=guard.stopped,
     )
 
 

@@ -340,10 +340,12 @@ class RunResult:
     unsent: int = 0
     longest_outage_s: float = 0.0
     server: ServerTrace | None = None
+    #: why the run stopped before its end (the target was known to be down), else ""
+    stopped: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON form."""
-        return {
+        """Plain JSON form (``stopped`` only when the run stopped early)."""
+        data: dict[str, Any] = {
             "metrics": {name: self.metrics[name].to_json() for name in sorted(self.metrics)},
             "load": self.load.to_json(),
             "started_at": self.started_at,
@@ -353,6 +355,9 @@ class RunResult:
             "longest_outage_s": self.longest_outage_s,
             "server": None if self.server is None else self.server.to_json(),
         }
+        if self.stopped:
+            data["stopped"] = self.stopped
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunResult:
@@ -369,6 +374,7 @@ class RunResult:
             unsent=int(data.get("unsent", 0)),
             longest_outage_s=float(data.get("longest_outage_s", 0.0)),
             server=None if server is None else ServerTrace.from_json(server),
+            stopped=str(data.get("stopped") or ""),
         )
 
 

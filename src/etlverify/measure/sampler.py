@@ -234,8 +234,13 @@ class ServerSampler:
             if resp.status_code != 200:
                 return ServerSample(t, ok=False, error=f"HTTP {resp.status_code}")
             return parse_metrics(t, resp.json())
-        except (httpx.HTTPError, TimeoutError, ValueError) as exc:
-            return ServerSample(t, ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
+        except (httpx.TimeoutException, TimeoutError):
+            return ServerSample(t, ok=False, error=f"no answer within {self.timeout_s:g} s")
+        except ValueError:
+            return ServerSample(t, ok=False, error="the answer was not JSON")
+        except httpx.HTTPError as exc:
+            reason = "connection refused" if "refused" in str(exc).lower() else str(exc)
+            return ServerSample(t, ok=False, error=(reason or "the request failed")[:200])
 
     async def _loop(self) -> None:
         next_at = time.monotonic()

@@ -14,6 +14,13 @@ Which clock measures push latency:
   recorded (`server_latency`) only when `same_host=True`.
 Loss is counted against the transitions the client *knows* happened: every status seen over REST
 (other than the initial `pending`) and every accepted cancel must reach every connection once.
+
+With the run's `TargetHealth` (`health=`) the measurement consults it before every connection
+and request (`etlverify.measure.guard`): a handshake that does not complete, a refused connection
+or a request without an answer is reported to it, and once the target is known to be down (or its
+WebSocket handshakes hang) the measurement stops at once, `stopped` saying why, instead of waiting
+out a timeout per connection and per job. Problems are lines for people: what failed and why, never
+an exception class name.
 """
 
 from __future__ import annotations
@@ -24,18 +31,22 @@ import json
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from etlverify.health import plain_reason
+from etlverify.measure.guard import HealthGuard
 from etlverify.measure.histogram import LatencyRecorder
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from etlverify.health import TargetHealth
     from etlverify.measure.results import MetricResult
 
 __all__ = ["WsPushResult", "measure_ws_push"]
@@ -60,6 +71,8 @@ class WsPushResult:
     cancel_latency: MetricResult
     server_latency: MetricResult | None
     problems: tuple[str, ...] = ()
+    #: why the measurement stopped before its end (the target was known to be down), else ""
+    stopped: str = ""
 
     @property
     def ok(self) -> bool:
@@ -84,7 +97,33 @@ class WsPushResult:
             if self.server_latency is None
             else self.server_latency.to_json(),
             "problems": list(self.problems),
+            "stopped": self.stopped,
         }
+
+
+class _NoAck(Exception):
+    """The handshake completed but no first message came in time."""
+
+
+def _why(exc: BaseException, timeout_s: float) -> str:
+    """Why a WebSocket or HTTP step failed, in words (no exception class name)."""
+    if isinstance(exc, _NoAck):
+        return f"opened, but no first message within {timeout_s:g} s"
+    if isinstance(exc, InvalidStatus):
+        return f"the handshake was refused with HTTP {exc.response.status_code}"
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, ConnectionClosed):
+        return "the server closed the connection"
+    if isinstance(exc, InvalidHandshake):
+        return "the handshake was not valid"
+    if isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower():
+        return "connection refused"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection was dropped or the answer was broken"
+    if isinstance(exc, ValueError):
+        return "a message was not JSON"
+    return plain_reason(exc)
 
 
 def _parse_ts(value: object) -> float | None:
@@ -121,6 +160,9 @@ async def _open(
     )
     try:
         ack = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+    except TimeoutError:
+        await ws.close()
+        raise _NoAck from None  # the handshake completed: not a handshake hang
     except BaseException:
         await ws.close()
         raise
@@ -172,12 +214,15 @@ async def measure_ws_push(
     headers: Mapping[str, str] | None = None,
     job_prefix: str = "wsprobe",
     transport: httpx.AsyncBaseTransport | None = None,
+    health: TargetHealth | None = None,
 ) -> WsPushResult:
     """Measure job-status push delivery over `connections` WebSockets for `jobs` cancelled jobs.
 
     Bounded in time: every connect, receive, REST call and the final wait use `timeout_s`. Failures
-    of the target become `problems` lines, never exceptions.
+    of the target become `problems` lines, never exceptions. With `health`, it stops at once when
+    the target is known to be down or its WebSocket handshakes hang (`stopped` says why).
     """
+    guard = HealthGuard(health, "the WebSocket push measurement")
     problems: list[str] = []
     job_ids = [f"{job_prefix}_{secrets.token_hex(4)}_{i}" for i in range(jobs)]
     sockets: list[ClientConnection] = []
@@ -193,12 +238,47 @@ async def measure_ws_push(
         transport=transport,
         trust_env=False,
     ) as http:
+        ws_what = f"WebSocket {ws_url}"
+
+        async def rest(
+            method: str, path: str, payload: dict[str, Any] | None = None
+        ) -> httpx.Response | None:
+            """One REST call through the guard; None (and a problem line) without an answer."""
+            if guard.should_stop():
+                return None
+            what = f"{method} {path}"
+            started = time.time()
+            guard.sent()
+            try:
+                resp = await http.request(
+                    method, path, json=payload, extensions=dict(guard.trace())
+                )
+            except httpx.HTTPError as exc:
+                problems.append(f"{what}: {_why(exc, timeout_s)}")
+                await guard.no_answer(what, exc, started)
+                return None
+            job = ""
+            if method == "POST" and resp.status_code in (200, 201):
+                with contextlib.suppress(ValueError, AttributeError):
+                    job = str(resp.json().get("job_id", ""))
+            guard.answered(what, resp.status_code, job)
+            return resp
+
         try:
             for c in range(connections):
+                if guard.should_stop(websocket=True):
+                    break
+                guard.sent()
+                guard.connected()
+                started = time.time()
                 try:
                     ws, ack = await _open(ws_url, headers, timeout_s)
                 except Exception as exc:
-                    problems.append(f"connection {c}: could not open ({type(exc).__name__}: {exc})")
+                    problems.append(f"connection {c}: could not open ({_why(exc, timeout_s)})")
+                    if isinstance(exc, TimeoutError):
+                        await guard.handshake_failed(ws_what, started)
+                    elif isinstance(exc, OSError):
+                        await guard.no_answer(ws_what, exc, started)
                     continue
                 if ack.get("type") != "connection_ack":
                     problems.append(f"connection {c}: first message is {ack.get('type')!r}")
@@ -206,7 +286,7 @@ async def measure_ws_push(
                     if not await _subscribe(ws, job_ids, timeout_s):
                         problems.append(f"connection {c}: no 'subscribed' ack")
                 except Exception as exc:
-                    problems.append(f"connection {c}: subscribe failed ({type(exc).__name__})")
+                    problems.append(f"connection {c}: subscribe failed ({_why(exc, timeout_s)})")
                 sockets.append(ws)
                 readers.append(asyncio.create_task(_reader(ws, len(sockets) - 1, sink)))
             body = {
@@ -216,27 +296,28 @@ async def measure_ws_push(
             }
             created = []
             for job_id in job_ids:
-                try:
-                    resp = await http.post("/api/jobs", json={**body, "job_id": job_id})
-                except httpx.HTTPError as exc:
-                    problems.append(f"POST /api/jobs {job_id}: {type(exc).__name__}")
+                resp = await rest("POST", "/api/jobs", {**body, "job_id": job_id})
+                if resp is None:
+                    if guard.should_stop():
+                        break
                     continue
                 if resp.status_code in (200, 201):
                     created.append(job_id)
                 else:
                     problems.append(f"POST /api/jobs {job_id}: HTTP {resp.status_code}")
-            await asyncio.sleep(run_before_cancel_s)
+            if not guard.should_stop(websocket=True):
+                await asyncio.sleep(run_before_cancel_s)
             for job_id in created:
+                if guard.should_stop():
+                    break
                 seen: set[str] = set()
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    got = await http.get(f"/api/jobs/{job_id}")
-                    if got.status_code == 200:
+                got = await rest("GET", f"/api/jobs/{job_id}")
+                if got is not None and got.status_code == 200:
+                    with contextlib.suppress(ValueError, AttributeError):
                         seen.add(str(got.json().get("status", "")).lower())
                 cancel_sent[job_id] = time.perf_counter()
-                try:
-                    resp = await http.put(f"/api/jobs/{job_id}", json={"status": "cancelled"})
-                except httpx.HTTPError as exc:
-                    problems.append(f"PUT /api/jobs/{job_id}: {type(exc).__name__}")
+                resp = await rest("PUT", f"/api/jobs/{job_id}", {"status": "cancelled"})
+                if resp is None:
                     continue
                 if resp.status_code == 200:
                     seen.add("cancelled")
@@ -246,7 +327,7 @@ async def measure_ws_push(
                     expected.update((c, job_id, status) for c in range(len(sockets)))
             # Wait until every expected transition arrived, or the timeout.
             deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not guard.should_stop(websocket=True):
                 got_keys = {
                     (r.conn, str(r.message.get("data", {}).get("jobId")), _status(r.message))
                     for r in sink
@@ -262,9 +343,12 @@ async def measure_ws_push(
             for ws in sockets:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 2.0)
-    return _analyse(
+    if guard.stopped:
+        problems.append(guard.stopped)
+    result = _analyse(
         sink, expected, cancel_sent, set(job_ids), len(sockets), t0, same_host, problems
     )
+    return replace(result, stopped=guard.stopped) if guard.stopped else result
 
 
 def _status(message: Mapping[str, Any]) -> str:

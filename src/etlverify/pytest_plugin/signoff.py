@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from etlverify.errors import in_words
 from etlverify.pytest_plugin._state import OUTCOMES_KEY, SUMMARY_KEY
 from etlverify.pytest_plugin.markers import checklist_ids, get_checklist
 from etlverify.pytest_plugin.options import get_settings
@@ -85,6 +86,8 @@ class PerfHandOver:
     reason: str = ""
     #: a machine baseline's first-use run (`PerfCollector.first_use_json`), said once
     first_use: dict[str, Any] | None = None
+    #: the host's contention per group (`PerfCollector.host_json`): measure the measurer
+    host: dict[str, Any] | None = None
 
 
 @dataclass
@@ -580,7 +583,7 @@ def _flags(target: Target | None, token: str | None, timeout: float) -> tuple[di
         resp = httpx.get(target.base_url + "/api/flags", headers=headers, timeout=min(timeout, 5.0))
         body = resp.json() if resp.status_code == 200 else None
     except (httpx.HTTPError, ValueError) as exc:
-        return {}, f"GET /api/flags failed at the end of the run: {type(exc).__name__}"
+        return {}, f"GET /api/flags failed at the end of the run: {in_words(exc)}"
     if not isinstance(body, dict):
         return {}, f"GET /api/flags answered HTTP {resp.status_code} at the end of the run"
     return body, "GET /api/flags at the end of the run"
@@ -609,7 +612,13 @@ def _perf_source(config: pytest.Config, state: SignoffState) -> PerfHandOver | N
     run = collector.run_result()
     reason = "" if comparison is not None else collector.no_baseline_reason()
     return PerfHandOver(
-        comparison, run, collector.baseline, path, reason, collector.first_use_json()
+        comparison,
+        run,
+        collector.baseline,
+        path,
+        reason,
+        collector.first_use_json(),
+        collector.host_json(),
     )
 
 
@@ -651,6 +660,7 @@ def _performance(
         baseline_path=perf.baseline_path,
         unavailable=perf.reason,
         first_use=perf.first_use,
+        host=perf.host,
     )
     env_findings = [
         Finding(

@@ -19,16 +19,27 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from etlverify.errors import CheckFailed, TargetError
-from etlverify.health import TargetBlocked, TargetHealth, health_for, reset_health
+from etlverify.health import (
+    TargetBlocked,
+    TargetHealth,
+    health_for,
+    log_error_lines,
+    plain_reason,
+    reset_health,
+)
 from etlverify.pytest_plugin.target import get_run
 from etlverify.report.causes import FailureFact, http_answer
 
@@ -47,6 +58,8 @@ __all__ = [
 FACT_PROPERTY = "etl_failure"
 _TIERS = {"smoke": 0, "perf_uses": 1, "heavy": 3}
 _OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+#: the word boundaries of a CamelCase name (``JSONDecodeError`` -> ``JSON Decode Error``)
+_WORDS = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 class SectionBlocked(TargetError):
@@ -73,9 +86,16 @@ class CheckTimedOut(TargetError):
 
 
 def current_health(config: pytest.Config) -> TargetHealth | None:
-    """The health view of the run's target in this process (None before it is known)."""
+    """The health view of the run's target in this process (None before it is known); with a
+    deployment root it also reads the target's log for its last ERROR/FATAL lines."""
     run = get_run(config)
-    return health_for(run.target.base_url) if run.target is not None else None
+    if run.target is None:
+        return None
+    health = health_for(run.target.base_url)
+    root = run.target.deploy_root
+    if health.log_reader is None and root is not None:
+        health.log_reader = lambda: log_error_lines(Path(root))
+    return health
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -169,12 +189,65 @@ def _first_line(text: str) -> str:
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
 
 
-def _location(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+def _location(excinfo: pytest.ExceptionInfo[BaseException], root: Path | None = None) -> str:
+    """`` (verification/x/test_y.py:12)``: the innermost place in the project's own code, never a
+    library's file (site-packages, the standard library)."""
     try:
-        entry = excinfo.traceback[-1]
-        return f" ({entry.path}:{entry.lineno + 1})"
-    except (IndexError, AttributeError):
+        entries = list(excinfo.traceback)
+    except (AttributeError, TypeError):
         return ""
+    for entry in reversed(entries):
+        path = Path(str(entry.path))
+        if any(part in ("site-packages", "dist-packages") for part in path.parts):
+            continue
+        if root is not None:
+            try:
+                shown = path.resolve().relative_to(root.resolve())
+            except (ValueError, OSError):
+                continue
+            return f" ({shown}:{entry.lineno + 1})"
+    return ""
+
+
+def _request_of(exc: BaseException) -> str:
+    """``GET /api/jobs`` for an httpx error that knows its request, else ""."""
+    try:
+        request = exc.request  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return ""
+    if isinstance(request, httpx.Request):
+        return f"{request.method} {request.url.path}"
+    return ""
+
+
+def transport_failure(exc: BaseException) -> tuple[str, str] | None:
+    """(health kind, plain text) for a transport failure a library raised inside a check (an
+    httpx timeout, a refused or dropped connection, a WebSocket closed or never opened), else None.
+    The text names the request and what happened, never the exception class or a library file."""
+    what = _request_of(exc)
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout", f"{prefix}no response in time (the check's own HTTP client timed out)"
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc).lower()
+        if "refused" in text:
+            return "refused", f"{prefix}connection refused"
+        return "dropped", f"{prefix}could not connect ({plain_reason(exc)})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "dropped", f"{prefix}the connection was dropped or the answer was broken"
+    if isinstance(exc, httpx.TransportError):
+        return "dropped", f"{prefix}the connection failed ({plain_reason(exc)})"
+    if isinstance(exc, ConnectionClosed):
+        return "dropped", "the WebSocket connection was closed by the server"
+    if isinstance(exc, InvalidHandshake):
+        return "dropped", "the WebSocket handshake was refused or invalid"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout", "no answer in time"
+    if isinstance(exc, (ConnectionError, http.client.HTTPException)):
+        return "dropped", plain_reason(exc)
+    return None
 
 
 def _clean(text: str) -> str:
@@ -186,8 +259,13 @@ def _leaf_text(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, pytest.fail.Exception):
         return str(exc.msg or "failed")
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    transport = transport_failure(exc)
+    if transport is not None:
+        return transport[1]
+    text = str(exc).strip()
+    # an internal error of the suite: its kind in words, with the message when there is one
+    kind = _WORDS.sub(" ", type(exc).__name__).lower()
+    return f"{kind}: {text}" if text else f"{kind} (no message)"
 
 
 def failure_text(
@@ -200,8 +278,11 @@ def failure_text(
     for leaf in leaves:
         if isinstance(leaf, (CheckFailed, TargetError, pytest.fail.Exception)):
             text = _leaf_text(leaf)
+        elif transport_failure(leaf) is not None:
+            text = f"the target did not answer usably: {_leaf_text(leaf)}"
         else:
-            text = f"the check itself broke: {_leaf_text(leaf)}{_location(excinfo)}"
+            where = _location(excinfo, item.config.rootpath)
+            text = f"the check itself broke: {_leaf_text(leaf)}{where}"
         if text not in texts:
             texts.append(text)
     body = "\n".join(texts)
@@ -232,6 +313,8 @@ def _kind(exc: BaseException) -> str:
         return "contract"
     if isinstance(exc, pytest.fail.Exception):
         return "contract"
+    if transport_failure(exc) is not None:
+        return "transport"  # a library's timeout or lost connection: a finding on the target
     return "error"
 
 
@@ -242,6 +325,18 @@ def _event_for(
         return dict(exc.event.to_json())
     if isinstance(exc, SectionBlocked):
         return dict(exc.event)
+    if health is not None and not isinstance(exc, TargetError):
+        transport = transport_failure(exc)
+        if transport is None:
+            return None
+        # a library's own client met it: ask the health view (one probe) whether the target is
+        # down, as `EtlClient` does for its requests
+        what = _request_of(exc) or f"a request of {item.name}"
+        event = health.on_no_answer(what, transport[0], started=time.time())
+        if event is not None and event.kind.value in ("not-answering", "gone"):
+            return dict(event.to_json())
+        down = health.down
+        return dict(down.to_json()) if down is not None else None
     if health is None or not isinstance(exc, TargetError):
         return None
     # the check whose own request found the target down, or a handshake that never completed
@@ -267,9 +362,10 @@ def failure_fact(
     kinds = [_kind(leaf) for leaf in leaves]
     # a group's most telling leaf: a health-tied one, else the first
     health = current_health(item.config)
-    index = 0
+    index, event = 0, None
     for i, leaf in enumerate(leaves):
-        if _event_for(leaf, item, health) is not None:
+        event = _event_for(leaf, item, health)
+        if event is not None:
             index = i
             break
     leaf = leaves[index]
@@ -277,7 +373,7 @@ def failure_fact(
     if line.startswith(item.name + ":"):
         line = line[len(item.name) + 1 :].strip()
     if kinds[index] == "error":
-        line = f"{line}{_location(excinfo)}"
+        line = f"{line}{_location(excinfo, item.config.rootpath)}"
     if isinstance(leaf, CheckFailed) and (leaf.expected or leaf.got):
         line = f"{line} (expected {leaf.expected or '?'}, got {leaf.got or '?'})"
     curl = leaf.curl if isinstance(leaf, CheckFailed) else ""
@@ -290,6 +386,6 @@ def failure_fact(
         kind=kinds[index],
         line=line[:300],
         at=time.time(),
-        event=_event_for(leaf, item, health),
+        event=event,
         items=items,
     )

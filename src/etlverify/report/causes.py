@@ -5,8 +5,10 @@ health event it is tied to, if any; the pytest plugin records them). `diagnose` 
 `Cause`s, the run's *primary findings*, in the order a release manager should read them:
 
 1. what happened to the target itself, and refusals that kept a whole section from running,
-   earliest first: it stopped answering, its process went away, its WebSocket handshake never
-   completes, it hangs on a reused keep-alive connection; a request every check of a section needs
+   earliest first: it stopped answering, its process went away (with its last moments: the last
+   requests it answered, how long before the first failure, the last ERROR/FATAL lines of its log
+   when the deployment folder is known), its WebSocket handshake never completes, it hangs on a
+   reused keep-alive connection; a request every check of a section needs
    was refused ("job creation refused: POST /api/jobs answered 400 ...; the performance section (8
    checks) could not run"). The checks that failed only because of it (blocked, cut off by the same
    event, or in the blocked section) are counted under it, not repeated;
@@ -223,16 +225,17 @@ def _health_sentence(event: Mapping[str, Any], facts: Sequence[FailureFact]) -> 
     connections = int(event.get("connections") or 0)
     later = sum(1 for f in facts if f.check != event.get("check"))
     then = f"; {later} later check(s) could not run" if later else ""
+    last = _last_moments(event)
     if kind == "gone":
         return (
             f"the target stopped accepting connections at {at}, during {check}: its process "
-            f"exited or closed its port (connection refused){then}"
+            f"exited or closed its port (connection refused){last}{then}"
         )
     if kind == "not-answering":
         return (
             f"the target stopped answering at {at} after {requests} requests over {connections} "
             f"connections, first seen in {check} (a fresh connection gets no answer either: "
-            f"connections are not released or the server is stuck){then}"
+            f"connections are not released or the server is stuck){last}{then}"
         )
     if kind == "ws-handshake":
         return (
@@ -244,6 +247,18 @@ def _health_sentence(event: Mapping[str, Any], facts: Sequence[FailureFact]) -> 
         f"connection answers), first seen in {check} at {at}: the suite went on with a fresh "
         f"connection per request{then}"
     )
+
+
+def _last_moments(event: Mapping[str, Any]) -> str:
+    """``. Last moments: ...; its log's last ERROR/FATAL lines: ...`` (empty when unknown)."""
+    text = ""
+    moments = str(event.get("moments") or "")
+    if moments:
+        text += f". Last moments: {moments}"
+    log = [str(line) for line in event.get("log") or ()]
+    if log:
+        text += f". The last ERROR/FATAL lines of its log: {' | '.join(log)}"
+    return text
 
 
 def _section_sentence(event: Mapping[str, Any], facts: Sequence[FailureFact]) -> str:

@@ -148,11 +148,16 @@ def test_unchanged_target_passes(
             *run_args, *PERF_ARGS, "-rs", *args, *LOAD, *WIDE_TOLERANCE, *SELECT, timeout=240
         )
     out = result.stdout.str()
-    # The test itself passes. (The run's exit code is the sign-off plugin's: it may still say
-    # DO NOT PROMOTE when the host's drift fires a rollback trigger, which has no noise rule.)
+    assert "FAIL p50" not in out  # never a false FAIL of the unchanged target
+    if "host busy: " in out:
+        # measured on a host that stayed contended (the other xdist worker): re-measured twice,
+        # then INCONCLUSIVE naming the host, as the gate does for anyone; never FAIL
+        result.assert_outcomes(skipped=1)
+        assert "re-measured twice; not a verdict on the target" in out
+        return
+    # The test itself passes. (The run's exit code is the sign-off plugin's.)
     result.assert_outcomes(passed=1)
     assert "PASS p50 GET /api/jobs" in out
-    assert "FAIL p50" not in out
 
 
 def test_fifty_percent_latency_fails_with_the_numbers(
@@ -186,6 +191,18 @@ def test_fifty_percent_latency_fails_with_the_numbers(
     finally:
         _set_latency(faulty_target, None)
     out = result.stdout.str()
+    assert "Traceback" not in out
+    assert baseline_file.read_bytes() == before  # neither a FAIL nor a busy host's run recorded
+    if "host busy: " in out:
+        # The host stayed contended (a CI runner: the other xdist worker): the gate measured the
+        # group again twice, as it does for anyone, and said INCONCLUSIVE naming the host. Never
+        # PASS, and never recorded; the rule itself is tested with built measurements in
+        # test_host_contention.py.
+        result.assert_outcomes(skipped=1)
+        assert re.search(r"INCONCLUSIVE p50 (GET|POST) /api/jobs.* - host busy: ", out), out
+        assert "re-measured twice; not a verdict on the target" in out
+        assert "--baseline-record refused: the 'routes' measurement failed on a busy host" in out
+        return
     result.assert_outcomes(failed=1)
     line = re.search(r"FAIL p50 (GET|POST) /api/jobs[^:]*: .*", out)
     assert line, out

@@ -1391,6 +1391,13 @@ class PerfCollector:
             self.record_message = (
                 f"--baseline-record refused: {limited[0]}; nothing written to {path}"
             )
+        elif self.host_excused:
+            group, why = next(iter(self.host_excused.items()))
+            self.record_message = (
+                f"--baseline-record refused: the {group!r} measurement failed on a busy host "
+                f"({why}): a slowdown that may be the host's is not baseline material; nothing "
+                f"written to {path}"
+            )
         elif self.bad_outcomes:
             first = sorted(self.bad_outcomes)[0]
             self.record_message = (

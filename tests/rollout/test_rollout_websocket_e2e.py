@@ -97,7 +97,10 @@ def test_the_judge_times_and_counts_pushes_on_both_sides(target: EmbeddedTarget)
         share = side["errors"] / (side["errors"] + side["count"])
         # a job loses if either of its two pushes is dropped: 1 - 0.67^2 = 55% on average
         assert 0.3 < share < 0.8, side
-        assert set(side["kinds"]) == {"lost"}, side
+        # mostly lost pushes; the fault drops a third of the subscribe acknowledgements and can
+        # close a connection too (a CI run: lost 58, not_subscribed 43, ws_closed 1 of 102)
+        assert side["kinds"].get("lost", 0) > 0, side
+        assert set(side["kinds"]) <= {"lost", "not_subscribed", "ws_closed"}, side
 
 
 def _set_flag(target: EmbeddedTarget, percent: int) -> None:
